@@ -1,0 +1,144 @@
+"""The estimator layer shared by DRORegressor and DROClassifier: parameters, validation,
+the call into the solvers and the robust-risk methods."""
+
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import risk
+from ._kernels import LOSS_CODES
+from ._solvers import Problem, fit_lbfgs, fit_sgd, losses_of, warn_not_converged
+
+__all__ = ["DROLinearModel"]
+
+
+class DROLinearModel(BaseEstimator):
+    """Common machinery of the KL-DRO linear models (not for direct use)."""
+
+    _parameter_constraints = {
+        "lam": [Interval(Real, 0, None, closed="neither")],
+        "rho": [Interval(Real, 0, 1, closed="left")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "fit_intercept": ["boolean"],
+        "solver": [StrOptions({"sgd", "lbfgs"})],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
+        "random_state": ["random_state"],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+    }
+
+    def _check_solver_params(self):
+        """Checks that involve more than one parameter; run before any work."""
+        if self.rho == 0 and self.solver == "sgd":
+            raise ValueError(
+                "rho=0 means the exact LogSumExp risk, which has no unbiased stochastic "
+                "gradient: use solver='lbfgs' for rho=0, or a small rho > 0 (e.g. 1e-3) "
+                "with solver='sgd'."
+            )
+
+    def _fit_linear(self, X, y, p, *, loss, eps):
+        """Solve for (coef, intercept) on validated arrays; set the fitted attributes."""
+        prob = Problem.build(
+            X,
+            y,
+            p,
+            loss=LOSS_CODES[loss],
+            eps=eps,
+            lam=float(self.lam),
+            rho=float(self.rho),
+            alpha=float(self.alpha),
+            fit_intercept=self.fit_intercept,
+        )
+        w, b = self._initial_point(prob)
+        if self.solver == "lbfgs":
+            snap, n_iter, converged = fit_lbfgs(prob, w, b, max_iter=self.max_iter, tol=self.tol)
+        else:
+            snap, n_iter, converged = fit_sgd(
+                prob,
+                w,
+                b,
+                rng=check_random_state(self.random_state),
+                max_iter=self.max_iter,
+                tol=self.tol,
+                n_iter_no_change=self.n_iter_no_change,
+                batch_size=self.batch_size,
+                learning_rate=self.learning_rate,
+                verbose=self.verbose,
+            )
+        if not (np.all(np.isfinite(snap.w)) and np.isfinite(snap.b)):
+            raise FloatingPointError(
+                "The solver produced non-finite coefficients; the estimator was left "
+                "unchanged. Scale the features, or try solver='lbfgs'."
+            )
+        if not converged:
+            warn_not_converged(self.solver, self.max_iter)
+        return snap, n_iter
+
+    def _initial_point(self, prob):
+        if self.warm_start and hasattr(self, "coef_"):
+            return np.array(self.coef_, dtype=np.float64).ravel(), float(
+                np.ravel(self.intercept_)[0]
+            )
+        w = np.zeros(prob.X.shape[1])
+        return w, self._initial_intercept(prob) if self.fit_intercept else 0.0
+
+    def _losses(self, X, y):
+        """Per-sample losses of the fitted model on (X, y)."""
+        raise NotImplementedError
+
+    def worst_case_weights(self, X, y, sample_weight=None):
+        """Worst-case distribution over the given samples under the fitted model.
+
+        It is the reweighting of ``(X, y)`` that attains :meth:`robust_risk`: the softmax
+        ``p_i exp(loss_i / lam)`` for ``rho=0``, and the relaxed distribution
+        ``p_i sigmoid(z_i) / rho``, capped at ``p_i / rho``, for ``rho > 0``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples.
+        y : array-like of shape (n_samples,)
+            Targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the empirical distribution; uniform when None.
+
+        Returns
+        -------
+        weights : ndarray of shape (n_samples,)
+            Non-negative weights summing to 1; large ones mark the samples the model finds
+            hardest.
+        """
+        losses = self._losses(X, y)
+        return risk.worst_case_weights(losses, self.lam, rho=self.rho, sample_weight=sample_weight)
+
+    def robust_risk(self, X, y, sample_weight=None):
+        """KL-DRO risk of the fitted model on the given samples (no penalty term).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples.
+        y : array-like of shape (n_samples,)
+            Targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the empirical distribution; uniform when None.
+
+        Returns
+        -------
+        risk : float
+            ``kl_dro_risk(losses, lam, rho=rho)`` of the per-sample losses.
+        """
+        losses = self._losses(X, y)
+        return risk.kl_dro_risk(losses, self.lam, rho=self.rho, sample_weight=sample_weight)
+
+    def _validate_for_predict(self, X):
+        check_is_fitted(self)
+        return validate_data(self, X, reset=False, dtype=np.float64, order="C")

@@ -1,0 +1,180 @@
+"""Numba kernels: per-sample losses of linear models and the stochastic epoch of the relaxation.
+
+The losses live here, next to the kernel that inlines them (Numba's cache does not notice
+edits to other files). Losses are integer codes with a scalar parameter, never objects.
+
+Every loss is a function of the prediction ``f`` and the target ``y``; the kernels need its
+value, first and second derivatives in ``f``.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .risk import sigmoid, softplus
+
+_NJIT = {"cache": True, "nogil": True}
+
+SQUARED_ERROR = 0
+HUBER = 1
+ABSOLUTE_ERROR = 2
+LOG_LOSS = 3
+
+LOSS_CODES = {
+    "squared_error": SQUARED_ERROR,
+    "huber": HUBER,
+    "absolute_error": ABSOLUTE_ERROR,
+    "log_loss": LOG_LOSS,
+}
+
+
+@njit(**_NJIT)
+def loss_and_derivatives(code, f, y, eps):
+    """Loss, first and second derivatives in the prediction ``f``.
+
+    * ``SQUARED_ERROR``: ``(f - y)^2``.
+    * ``HUBER``: ``(f - y)^2`` for ``|f - y| <= eps``, ``2 eps |f - y| - eps^2`` beyond
+      (the squared error with its tails made linear; it equals the squared error as
+      ``eps -> inf``).
+    * ``ABSOLUTE_ERROR``: ``sqrt((f - y)^2 + eps^2) - eps``, the absolute error smoothed over
+      a width ``eps`` (within ``eps`` of ``|f - y|``).
+    * ``LOG_LOSS``: ``log(1 + exp(-y f))`` for ``y`` in {-1, +1}.
+    """
+    if code == SQUARED_ERROR:
+        r = f - y
+        return r * r, 2.0 * r, 2.0
+    if code == HUBER:
+        r = f - y
+        if abs(r) <= eps:
+            return r * r, 2.0 * r, 2.0
+        return 2.0 * eps * abs(r) - eps * eps, 2.0 * eps * math.copysign(1.0, r), 0.0
+    if code == ABSOLUTE_ERROR:
+        r = f - y
+        root = math.sqrt(r * r + eps * eps)
+        return root - eps, r / root, eps * eps / (root * root * root)
+    # LOG_LOSS
+    m = -y * f
+    s = sigmoid(m)
+    return softplus(m), -y * s, s * (1.0 - s)
+
+
+@njit(**_NJIT)
+def pointwise_losses(code, pred, y, eps, loss, grad, hess):
+    """Fill the per-sample losses and their derivatives for the predictions ``pred``."""
+    for i in range(pred.shape[0]):
+        loss[i], grad[i], hess[i] = loss_and_derivatives(code, pred[i], y[i], eps)
+
+
+@njit(**_NJIT)
+def svrg_epoch(
+    X,
+    y,
+    idx,
+    ratio,
+    batch_size,
+    code,
+    hyper,
+    w,
+    state,
+    mean,
+    inv_scale,
+    precond,
+    snap_a,
+    snap_c,
+    mu,
+):
+    """One epoch of preconditioned, variance-reduced SGD on the relaxed objective, in place.
+
+    The objective is ``G(w, b, eta) + alpha/2 ||w||^2`` with
+    ``G = eta - lam + (lam/rho) sum_i p_i softplus((l_i - eta)/lam + log rho)``.
+    One sample's gradient is ``c_i dl_i (x_i, 1)`` in ``(w, b)`` and ``1 - c_i`` in ``eta``,
+    with ``c_i = sigmoid(z_i)/rho``. The control variate is the same sample's gradient at the
+    snapshot (``snap_a[i] = c_i dl_i``, ``snap_c[i] = c_i``) plus the snapshot's full
+    gradient ``mu``, so the estimate stays unbiased and its variance vanishes at the optimum.
+
+    The step is taken in standardised coordinates ``v = w / inv_scale`` (features centred at
+    ``mean``), ``b_c = b + mean . w`` and ``eta``, preconditioned by the symmetric matrix
+    ``precond`` (the inverse Hessian of the objective at the snapshot, of size d + 2).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features), C order
+    y : ndarray of shape (n_samples,)
+    idx : ndarray of int64 of shape (n_draws,)
+        Samples in the order they are used (drawn with probabilities pi_i).
+    ratio : ndarray of shape (n_draws,)
+        Importance weights ``p_i / pi_i`` of the drawn samples.
+    batch_size : int
+    code : int
+        Loss code.
+    hyper : ndarray of shape (5,)
+        ``(lam, rho, alpha, eps, step)``.
+    w : ndarray of shape (n_features,)
+        Coefficients, updated in place.
+    state : ndarray of shape (2,)
+        ``(b_c, eta)``, updated in place.
+    mean, inv_scale : ndarray of shape (n_features,)
+    precond : ndarray of shape (n_features + 2, n_features + 2)
+    snap_a, snap_c : ndarray of shape (n_samples,)
+    mu : ndarray of shape (n_features + 2,)
+        Full gradient at the snapshot in the standardised coordinates ``(v, b_c, eta)``,
+        without the penalty (which is added exactly at every step).
+
+    Returns
+    -------
+    ok : bool
+        False when a prediction stopped being finite (the caller restores the snapshot).
+    """
+    lam, rho, alpha, eps, step = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
+    log_rho = math.log(rho)
+    n_draws = idx.shape[0]
+    d = X.shape[1]
+    gw = np.zeros(d)
+    g = np.zeros(d + 2)
+    mw = 0.0
+    for j in range(d):
+        mw += mean[j] * w[j]
+    b_c = state[0]
+    eta = state[1]
+    for start in range(0, n_draws, batch_size):
+        stop = min(start + batch_size, n_draws)
+        inv_b = 1.0 / (stop - start)
+        gw[:] = 0.0
+        sum_delta = 0.0
+        sum_eta = 0.0
+        for k in range(start, stop):
+            i = idx[k]
+            f = b_c - mw
+            for j in range(d):
+                f += X[i, j] * w[j]
+            if not math.isfinite(f):
+                return False
+            loss, dl, _ = loss_and_derivatives(code, f, y[i], eps)
+            c = sigmoid((loss - eta) / lam + log_rho) / rho
+            delta = ratio[k] * (c * dl - snap_a[i])
+            for j in range(d):
+                gw[j] += delta * X[i, j]
+            sum_delta += delta
+            sum_eta += ratio[k] * (snap_c[i] - c)
+        for j in range(d):
+            g[j] = inv_scale[j] * ((gw[j] - mean[j] * sum_delta) * inv_b + alpha * w[j]) + mu[j]
+        g[d] = sum_delta * inv_b + mu[d]
+        g[d + 1] = sum_eta * inv_b + mu[d + 1]
+        mw = 0.0
+        for j in range(d):
+            acc = 0.0
+            for l in range(d + 2):
+                acc += precond[j, l] * g[l]
+            w[j] -= step * inv_scale[j] * acc
+            mw += mean[j] * w[j]
+        acc_b = 0.0
+        acc_eta = 0.0
+        for l in range(d + 2):
+            acc_b += precond[d, l] * g[l]
+            acc_eta += precond[d + 1, l] * g[l]
+        b_c -= step * acc_b
+        eta -= step * acc_eta
+    state[0] = b_c
+    state[1] = eta
+    return True

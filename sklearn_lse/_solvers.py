@@ -1,0 +1,305 @@
+"""Solver drivers: full-batch L-BFGS and variance-reduced SGD on the KL-DRO objective.
+
+Both minimise, over a linear model ``f(x) = x . w + b``,
+
+    J(w, b) = R(losses(w, b)) + alpha/2 ||w||^2
+
+where ``R`` is the relaxed KL-DRO risk of :mod:`sklearn_lse.risk` (the exact one when
+``rho == 0``, L-BFGS only). The drivers are plain Python loops over epochs; the per-sample
+work is in the Numba kernels of :mod:`sklearn_lse._kernels`.
+"""
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+from sklearn.exceptions import ConvergenceWarning
+
+from . import risk
+from ._kernels import pointwise_losses, svrg_epoch
+
+
+@dataclass
+class Problem:
+    """The data and hyperparameters of one fit.
+
+    ``mean`` and ``inv_scale`` standardise the columns of X for the solvers (a diagonal
+    preconditioner and a centred intercept); X itself is never copied.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    p: np.ndarray
+    loss: int
+    eps: float
+    lam: float
+    rho: float
+    alpha: float
+    fit_intercept: bool
+    mean: np.ndarray
+    inv_scale: np.ndarray
+
+    @classmethod
+    def build(cls, X, y, p, *, loss, eps, lam, rho, alpha, fit_intercept):
+        if fit_intercept:
+            mean = X.T @ p
+            var = np.maximum((X * X).T @ p - mean * mean, 0.0) if X.shape[0] else mean
+        else:
+            mean = np.zeros(X.shape[1])
+            var = (X * X).T @ p
+        scale = np.sqrt(var)
+        inv_scale = np.where(scale > 1e-12 * (1.0 + np.abs(mean)), 1.0 / scale, 1.0)
+        return cls(X, y, p, loss, eps, lam, rho, alpha, fit_intercept, mean, inv_scale)
+
+
+@dataclass
+class Snapshot:
+    """Everything a full pass over the data gives at one point (w, b)."""
+
+    w: np.ndarray
+    b: float
+    objective: float
+    risk: float
+    eta: float
+    dl: np.ndarray  # derivative of each loss in the prediction
+    ddl: np.ndarray  # second derivative
+    c: np.ndarray  # gradient factors: worst-case weights are p * c
+    grad_w: np.ndarray
+    grad_b: float
+
+
+def losses_of(X, y, w, b, loss_code, eps):
+    """Per-sample losses and their first and second derivatives in the prediction."""
+    pred = X @ w + b
+    loss = np.empty_like(pred)
+    dl = np.empty_like(pred)
+    ddl = np.empty_like(pred)
+    pointwise_losses(loss_code, pred, y, eps, loss, dl, ddl)
+    return loss, dl, ddl
+
+
+def snapshot(prob, w, b):
+    """Objective, optimal eta, worst-case factors and full gradient at (w, b): one pass."""
+    loss, dl, ddl = losses_of(prob.X, prob.y, w, b, prob.loss, prob.eps)
+    c = np.empty_like(loss)
+    if prob.rho > 0:
+        eta0, centred, eta1 = risk.centred_eta(loss, prob.p, prob.lam, prob.rho)
+        value = eta0 + risk.relaxed_value(centred, prob.p, eta1, prob.lam, prob.rho)
+        value += prob.lam * risk.offset(prob.rho)
+        risk.relaxed_factors(centred, eta1, prob.lam, prob.rho, c)
+        eta = eta0 + eta1
+    else:
+        value = risk.exact_risk(loss, prob.p, prob.lam)
+        risk.exact_weights(loss, prob.p, prob.lam, c)
+        np.divide(c, prob.p, out=c, where=prob.p > 0)
+        eta = value
+    gd = prob.p * c * dl
+    grad_w = prob.X.T @ gd + prob.alpha * w
+    objective = value + 0.5 * prob.alpha * float(w @ w)
+    return Snapshot(w, b, objective, value, eta, dl, ddl, c, grad_w, float(gd.sum()))
+
+
+def _split(prob, u):
+    """From standardised coordinates (v, b_c) to the model (w, b)."""
+    w = u[:-1] * prob.inv_scale
+    b = u[-1] - prob.mean @ w if prob.fit_intercept else 0.0
+    return w, b
+
+
+def _join(prob, w, b):
+    return np.append(w / prob.inv_scale, b + prob.mean @ w if prob.fit_intercept else 0.0)
+
+
+def fit_lbfgs(prob, w, b, *, max_iter, tol):
+    """Full-batch L-BFGS on J(w, b), eta eliminated exactly at every evaluation.
+
+    Runs in standardised coordinates. Returns (snapshot, n_iter, converged).
+    """
+
+    def fun(u):
+        w, b = _split(prob, u)
+        s = snapshot(prob, w, b)
+        grad_v = (s.grad_w - prob.mean * s.grad_b) * prob.inv_scale
+        return s.objective, np.append(grad_v, s.grad_b if prob.fit_intercept else 0.0)
+
+    scale = max(1.0, abs(snapshot(prob, w, b).objective))
+    res = minimize(
+        fun,
+        _join(prob, w, b),
+        jac=True,
+        method="L-BFGS-B",
+        options={
+            "maxiter": max_iter,
+            "maxfun": 2 * max_iter + 20,
+            "gtol": tol * scale,
+            "ftol": 1e-15,
+            "maxcor": 20,
+        },
+    )
+    w, b = _split(prob, res.x)
+    # status 2 is a line search that cannot improve at machine precision: converged
+    return snapshot(prob, w, b), int(res.nit), res.status != 1
+
+
+def _curvature(prob, snap):
+    """Per-sample curvature of the objective at the snapshot.
+
+    One sample's Hessian of the relaxed objective is
+    ``c_i l''_i grad f grad f^T + k_i grad u grad u^T`` with ``u_i = l_i - eta`` and
+    ``k_i = c_i (1 - rho c_i) / lam`` the curvature of the softplus. Returns the weights of
+    ``(x_i, 1)(x_i, 1)^T`` (``h_i = c_i l''_i + k_i l'_i^2``), of the cross term with eta
+    (``-k_i l'_i``) and of the eta-eta term (``k_i``).
+    """
+    c = snap.c
+    k = c * (1.0 - prob.rho * c) / prob.lam
+    return c * snap.ddl + k * snap.dl**2, -k * snap.dl, k
+
+
+def _gram(X, a, chunk=8192):
+    """``X^T diag(a) X`` in chunks of rows, so that no copy of X is made."""
+    out = np.zeros((X.shape[1], X.shape[1]))
+    for start in range(0, X.shape[0], chunk):
+        Xc = X[start : start + chunk]
+        out += Xc.T @ (Xc * a[start : start + chunk, None])
+    return out
+
+
+def _inverse_hessian(prob, snap):
+    """Inverse Hessian of the objective at the snapshot, in the standardised coordinates
+    ``(v, b_c, eta)`` with ``v = w / inv_scale`` and features centred at ``mean``.
+
+    It preconditions the stochastic steps: the method is then affine invariant in the
+    features, and the step that suits one problem suits them all.
+    """
+    X, p, m, s = prob.X, prob.p, prob.mean, prob.inv_scale
+    d = X.shape[1]
+    h, cross, k = _curvature(prob, snap)
+    a = p * h
+    e = p * cross
+    Xa = X.T @ a
+    Xe = X.T @ e
+    H = np.empty((d + 2, d + 2))
+    H_vv = _gram(X, a) - np.outer(m, Xa) - np.outer(Xa, m) + a.sum() * np.outer(m, m)
+    H[:d, :d] = s[:, None] * H_vv * s[None, :] + np.diag(prob.alpha * s * s)
+    H[:d, d] = H[d, :d] = s * (Xa - m * a.sum())
+    H[:d, d + 1] = H[d + 1, :d] = s * (Xe - m * e.sum())
+    H[d, d] = a.sum()
+    H[d, d + 1] = H[d + 1, d] = e.sum()
+    H[d + 1, d + 1] = p @ k
+    if not prob.fit_intercept:
+        H[d, :] = H[:, d] = 0.0
+        H[d, d] = 1.0
+    ev, V = np.linalg.eigh(H)
+    ev = np.maximum(ev, 1e-10 * max(ev.max(), 1e-300))
+    P = (V / ev) @ V.T
+    if not prob.fit_intercept:
+        P[d, :] = P[:, d] = 0.0
+    return P, h, k
+
+
+def fit_sgd(
+    prob,
+    w,
+    b,
+    *,
+    rng,
+    max_iter,
+    tol,
+    n_iter_no_change,
+    batch_size,
+    learning_rate,
+    verbose,
+):
+    """Preconditioned variance-reduced SGD (SVRG) on the joint relaxed objective in
+    (w, b, eta).
+
+    Each epoch: a full pass gives the snapshot (objective, exact eta, factors, full gradient)
+    and the Hessian there; then one kernel call runs ``n / batch_size`` mini-batch steps with
+    unbiased control-variate gradients, preconditioned by the snapshot's inverse Hessian.
+    Samples are drawn half from the empirical distribution and half in proportion to their
+    curvature (importance sampling), so that the heavily up-weighted samples are seen often
+    and the variance stays bounded. An epoch that does not lower the objective (or
+    overflows) is undone and the step reduced.
+
+    Returns (snapshot, n_iter, converged).
+    """
+    X, p = prob.X, prob.p
+    n, d = X.shape
+    hyper = np.array([prob.lam, prob.rho, prob.alpha, prob.eps, 0.0])
+    kappa_max = 1.0 if learning_rate == "auto" else float(learning_rate)
+    kappa = 0.5 * kappa_max
+    snap = snapshot(prob, w, b)
+    if not np.isfinite(snap.objective):
+        raise ValueError("The objective is not finite at the starting point.")
+    stall = 0
+    start_time = time.perf_counter()
+    for epoch in range(1, max_iter + 1):
+        P, h, k = _inverse_hessian(prob, snap)
+        pi = 0.5 * p + 0.25 * p * (h / max(p @ h, 1e-300) + k / max(p @ k, 1e-300))
+        pi /= pi.sum()
+        idx = rng.choice(n, size=n, p=pi)
+        ratio = p[idx] / pi[idx]
+        hyper[4] = kappa
+        a = snap.c * snap.dl
+        mu = np.empty(d + 2)
+        mu[:d] = prob.inv_scale * (snap.grad_w - prob.alpha * snap.w - prob.mean * snap.grad_b)
+        mu[d] = snap.grad_b
+        mu[d + 1] = 1.0 - p @ snap.c
+        w_new = snap.w.copy()
+        state = np.array([snap.b + prob.mean @ snap.w, snap.eta])
+        ok = svrg_epoch(
+            X,
+            prob.y,
+            idx,
+            ratio,
+            batch_size,
+            prob.loss,
+            hyper,
+            w_new,
+            state,
+            prob.mean,
+            prob.inv_scale,
+            P,
+            a,
+            snap.c,
+            mu,
+        )
+        new = None
+        if ok and np.all(np.isfinite(w_new)) and np.isfinite(state[0]):
+            b_new = state[0] - prob.mean @ w_new if prob.fit_intercept else 0.0
+            with np.errstate(over="ignore", invalid="ignore"):
+                new = snapshot(prob, w_new, b_new)  # a diverged trial may overflow
+        if new is None or not new.objective <= snap.objective:
+            kappa *= 0.25
+            if verbose:
+                print(f"epoch {epoch}: objective did not decrease, step -> {kappa:.3g}")
+            if kappa < 1e-12:
+                raise FloatingPointError(
+                    "SGD diverged: the objective kept increasing although the step was "
+                    "reduced 20 times. Check the data for extreme values or use "
+                    "solver='lbfgs'."
+                )
+            continue
+        decrease = (snap.objective - new.objective) / max(abs(new.objective), 1e-300)
+        snap = new
+        kappa = min(kappa * 1.5, kappa_max)
+        stall = stall + 1 if decrease < tol else 0
+        if verbose:
+            print(
+                f"epoch {epoch}: objective={snap.objective:.10g}, step={kappa:.3g}, "
+                f"elapsed={time.perf_counter() - start_time:.2f}s"
+            )
+        if stall >= n_iter_no_change:
+            return snap, epoch, True
+    return snap, max_iter, False
+
+
+def warn_not_converged(solver, max_iter):
+    warnings.warn(
+        f"solver={solver!r} reached max_iter={max_iter} before the objective converged. "
+        "Increase max_iter, or loosen tol.",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
