@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import risk
 from ._kernels import LOSS_CODES
-from ._solvers import Problem, fit_lbfgs, fit_sgd, losses_of, warn_not_converged
+from ._solvers import Problem, fit_lbfgs, fit_sgd, warn_not_converged
 
 __all__ = ["DROLinearModel"]
 
