@@ -276,7 +276,7 @@ def empirical_weights(sample_weight, n_samples):
         raise ValueError("sample_weight must be non-negative.")
     total = w.sum()
     if not total > 0:
-        raise ValueError("sample_weight must have a positive sum.")
+        raise ValueError("sample_weight must have a positive sum (all weights are zero or less).")
     return np.ascontiguousarray(w / total)
 
 

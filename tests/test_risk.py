@@ -325,7 +325,7 @@ def test_bad_rho(rho):
         ([[1.0, 2.0]], None, "1-D"),
         ([1.0, 2.0], [1.0, -1.0], "non-negative"),
         ([1.0, 2.0], [1.0, np.nan], "sample_weight"),
-        ([1.0, 2.0], [0.0, 0.0], "positive sum"),
+        ([1.0, 2.0], [0.0, 0.0], "weights are zero"),
         ([1.0, 2.0], [1.0, 1.0, 1.0], "sample_weight"),
     ],
 )
