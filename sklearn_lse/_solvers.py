@@ -43,12 +43,13 @@ class Problem:
 
     @classmethod
     def build(cls, X, y, p, *, loss, eps, lam, rho, alpha, fit_intercept):
+        second_moment = np.einsum("ij,ij,i->j", X, X, p)  # no temporary copy of X
         if fit_intercept:
             mean = X.T @ p
-            var = np.maximum((X * X).T @ p - mean * mean, 0.0) if X.shape[0] else mean
+            var = np.maximum(second_moment - mean * mean, 0.0)
         else:
             mean = np.zeros(X.shape[1])
-            var = (X * X).T @ p
+            var = second_moment
         scale = np.sqrt(var)
         inv_scale = np.where(scale > 1e-12 * (1.0 + np.abs(mean)), 1.0 / scale, 1.0)
         return cls(X, y, p, loss, eps, lam, rho, alpha, fit_intercept, mean, inv_scale)
@@ -80,12 +81,14 @@ def losses_of(X, y, w, b, loss_code, eps):
     return loss, dl, ddl
 
 
-def snapshot(prob, w, b):
-    """Objective, optimal eta, worst-case factors and full gradient at (w, b): one pass."""
+def snapshot(prob, w, b, eta_guess=np.nan):
+    """Objective, optimal eta, worst-case factors and full gradient at (w, b): one pass.
+
+    ``eta_guess`` (the optimal eta at a nearby point) warm-starts the 1-D solve."""
     loss, dl, ddl = losses_of(prob.X, prob.y, w, b, prob.loss, prob.eps)
     c = np.empty_like(loss)
     if prob.rho > 0:
-        eta0, centred, eta1 = risk.centred_eta(loss, prob.p, prob.lam, prob.rho)
+        eta0, centred, eta1 = risk.centred_eta(loss, prob.p, prob.lam, prob.rho, eta_guess)
         value = eta0 + risk.relaxed_value(centred, prob.p, eta1, prob.lam, prob.rho)
         value += prob.lam * risk.offset(prob.rho)
         risk.relaxed_factors(centred, eta1, prob.lam, prob.rho, c)
@@ -252,7 +255,7 @@ def fit_sgd(
         if ok and np.all(np.isfinite(w_new)) and np.isfinite(state[0]):
             b_new = state[0] - prob.mean @ w_new if prob.fit_intercept else 0.0
             with np.errstate(over="ignore", invalid="ignore"):
-                new = snapshot(prob, w_new, b_new)  # a diverged trial may overflow
+                new = snapshot(prob, w_new, b_new, state[1])  # a diverged trial may overflow
         if new is not None and np.isfinite(new.objective):
             new_cur = _Newton(prob, new)
             # below this, objective values differ by rounding only; then the Newton

@@ -147,12 +147,14 @@ def _log_mass(losses, p, eta, lam, log_rho):
 
 
 @njit(**_NJIT)
-def solve_eta(losses, p, lam, rho):
+def solve_eta(losses, p, lam, rho, guess=np.nan):
     """The minimiser of ``G(eta)``: the root of ``sum_i p_i sigmoid(z_i) = rho``.
 
-    Newton's method on the log of the mass (nearly linear in eta when rho is small),
-    safeguarded by bisection on the bracket
-    ``[min l + lam log(1-rho), min(max l + lam log(1-rho), R_exact)]``.
+    Newton's method on ``g = log(mass) - log(rho)`` (nearly linear in eta when rho is
+    small), started at ``guess`` when it is finite, and safeguarded on the bracket
+    ``[min l + lam log(1-rho), min(max l + lam log(1-rho), R_exact)]``: a Newton step that
+    leaves the bracket is replaced by the Illinois (modified regula falsi) point of the
+    bracket, or by bisection when the bracket stops shrinking.
     """
     log_rho = math.log(rho)
     shift = lam * math.log1p(-rho)
@@ -166,18 +168,29 @@ def solve_eta(losses, p, lam, rho):
     hi = min(hi + shift, exact_risk(losses, p, lam))
     if not hi > lo:
         return hi
-    eta = hi
+    g_lo = np.inf  # g > 0 at lo, g < 0 at hi; values filled in as they are met
+    g_hi = -np.inf
+    eta = guess if lo < guess < hi else hi
+    width = hi - lo
     for _ in range(200):
         g, dg = _log_mass(losses, p, eta, lam, log_rho)
-        if g > 0.0:
-            lo = eta
-        else:
-            hi = eta
         if abs(g) <= 1e-13:
             break
-        new = eta - g / dg if dg < 0.0 else 0.5 * (lo + hi)
+        if g > 0.0:
+            lo, g_lo = eta, g
+            g_hi *= 0.5 if math.isfinite(g_hi) else 1.0  # Illinois: halve the stale end
+        else:
+            hi, g_hi = eta, g
+            g_lo *= 0.5 if math.isfinite(g_lo) else 1.0
+        new = eta - g / dg if dg < 0.0 else np.nan
         if not (lo < new < hi):
-            new = 0.5 * (lo + hi)
+            if math.isfinite(g_lo) and math.isfinite(g_hi) and hi - lo < 0.5 * width:
+                new = lo + (hi - lo) * g_lo / (g_lo - g_hi)
+            else:
+                new = 0.5 * (lo + hi)
+            width = hi - lo
+            if not (lo < new < hi):
+                new = 0.5 * (lo + hi)
         if abs(new - eta) <= 1e-15 * (abs(eta) + lam):
             eta = new
             break
@@ -205,17 +218,18 @@ def relaxed_factors(losses, eta, lam, rho, out):
 
 
 @njit(**_NJIT)
-def centred_eta(losses, p, lam, rho):
+def centred_eta(losses, p, lam, rho, guess=np.nan):
     """Solve for eta twice: the second time on the losses centred at the first root.
 
-    Returns ``(eta0, losses - eta0, eta1)`` with the optimal eta equal to ``eta0 + eta1``.
+    Returns ``(eta0, losses - eta0, eta1)`` with the optimal eta equal to ``eta0 + eta1``;
+    ``guess`` (for instance the previous optimum) speeds up the first solve.
     Centring makes the losses near the threshold exact small numbers, so that eta, the
     weights and the risk are resolved to full precision even for losses of 1e8 with lam of
     1e-4, where the spacing of doubles near 1e8 is 1.5e-8, i.e. 1.5e-4 in units of lam.
     """
-    eta0 = solve_eta(losses, p, lam, rho)
+    eta0 = solve_eta(losses, p, lam, rho, guess)
     centred = losses - eta0
-    return eta0, centred, solve_eta(centred, p, lam, rho)
+    return eta0, centred, solve_eta(centred, p, lam, rho, 0.0)
 
 
 @njit(**_NJIT)
