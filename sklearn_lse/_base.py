@@ -1,10 +1,14 @@
 """The estimator layer shared by DRORegressor and DROClassifier: parameters, validation,
-the call into the solvers and the robust-risk methods."""
+the call into the solvers and the robust-risk methods.
+
+scikit-learn's private helpers (parameter constraints, ``_fit_context``) are imported here
+and nowhere else.
+"""
 
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -13,7 +17,7 @@ from . import risk
 from ._kernels import LOSS_CODES
 from ._solvers import Problem, fit_lbfgs, fit_sgd, warn_not_converged
 
-__all__ = ["DROLinearModel"]
+__all__ = ["DROLinearModel", "Interval", "StrOptions", "_fit_context"]
 
 
 class DROLinearModel(BaseEstimator):

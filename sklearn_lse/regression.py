@@ -3,11 +3,10 @@
 from numbers import Real
 
 import numpy as np
-from sklearn.base import RegressorMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.base import RegressorMixin
 from sklearn.utils.validation import validate_data
 
-from ._base import DROLinearModel
+from ._base import DROLinearModel, Interval, StrOptions, _fit_context
 from ._kernels import LOSS_CODES
 from ._solvers import losses_of
 from .risk import empirical_weights

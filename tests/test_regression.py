@@ -60,6 +60,20 @@ def test_sgd_defaults_reach_lbfgs_optimum_large_n(kind, rho):
     assert sgd.risk_ - ref.risk_ <= max(1e-3 * abs(ref.risk_), 1e-6)
 
 
+@pytest.mark.parametrize("loss", ["huber", "absolute_error"])
+def test_sgd_reaches_lbfgs_optimum_for_robust_losses(loss):
+    X, y = make_data("unscaled_heavy_tailed", 2000, seed=2)
+    kw = dict(lam=1.0, rho=1e-2, loss=loss, epsilon=0.5)
+    ref = DRORegressor(solver="lbfgs", tol=1e-10, max_iter=10000, **kw).fit(X, y)
+    sgd = DRORegressor(random_state=0, **kw).fit(X, y)
+    assert sgd.risk_ - ref.risk_ <= max(1e-3 * abs(ref.risk_), 1e-6)
+    r = sgd.predict(X) - y
+    expected = np.where(np.abs(r) <= 0.5, r**2, 2 * 0.5 * np.abs(r) - 0.25)
+    if loss == "absolute_error":
+        expected = np.sqrt(r**2 + 0.25) - 0.5
+    assert sgd.robust_risk(X, y) == pytest.approx(kl_dro_risk(expected, 1.0, rho=1e-2))
+
+
 # ----------------------------------------------------------------------------------------
 # 2. L-BFGS agrees with an independent NumPy/SciPy reference
 # ----------------------------------------------------------------------------------------
