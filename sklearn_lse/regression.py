@@ -61,8 +61,9 @@ class DRORegressor(RegressorMixin, DROLinearModel):
     max_iter : int, default=1000
         Maximum number of epochs (``"sgd"``) or iterations (``"lbfgs"``).
     tol : float, default=1e-6
-        ``"sgd"``: an epoch whose relative decrease of the objective is below ``tol`` counts
-        as no progress, and ``n_iter_no_change`` such epochs in a row stop the fit.
+        ``"sgd"``: stop when the Newton decrement at an epoch's snapshot (an estimate of the
+        suboptimality) is below ``tol * |objective|``, or after ``n_iter_no_change`` epochs
+        in a row whose relative decrease of the objective is below ``tol``.
         ``"lbfgs"``: tolerance on the largest component of the gradient in standardised
         coordinates, relative to ``max(1, |objective|)``.
     n_iter_no_change : int, default=5
@@ -70,9 +71,10 @@ class DRORegressor(RegressorMixin, DROLinearModel):
     batch_size : int, default=16
         Samples per stochastic step (``"sgd"``).
     learning_rate : "auto" or float, default="auto"
-        Multiplier of the step size that ``"sgd"`` derives from the curvature of the
-        objective at each epoch's snapshot. ``"auto"`` (1.0) needs no tuning: epochs that do
-        not decrease the objective are undone and the multiplier halved.
+        Largest multiplier of the preconditioned step of ``"sgd"`` (the inverse Hessian at
+        each epoch's snapshot). ``"auto"`` (1.0, a Newton step) needs no tuning: the
+        multiplier starts at half of it, grows by 1.5 after an epoch that lowers the
+        objective, and an epoch that does not is undone and the multiplier divided by 4.
     random_state : int, RandomState instance or None, default=None
         Seed of the sampling of ``"sgd"``.
     warm_start : bool, default=False
