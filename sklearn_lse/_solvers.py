@@ -62,7 +62,6 @@ class Snapshot:
     w: np.ndarray
     b: float
     objective: float
-    risk: float
     eta: float
     dl: np.ndarray  # derivative of each loss in the prediction
     ddl: np.ndarray  # second derivative
@@ -88,11 +87,7 @@ def snapshot(prob, w, b, eta_guess=np.nan):
     loss, dl, ddl = losses_of(prob.X, prob.y, w, b, prob.loss, prob.eps)
     c = np.empty_like(loss)
     if prob.rho > 0:
-        eta0, centred, eta1 = risk.centred_eta(loss, prob.p, prob.lam, prob.rho, eta_guess)
-        value = eta0 + risk.relaxed_value(centred, prob.p, eta1, prob.lam, prob.rho)
-        value += prob.lam * risk.offset(prob.rho)
-        risk.relaxed_factors(centred, eta1, prob.lam, prob.rho, c)
-        eta = eta0 + eta1
+        value, eta = risk.relaxed_risk(loss, prob.p, prob.lam, prob.rho, c, eta_guess)
     else:
         value = risk.exact_risk(loss, prob.p, prob.lam)
         risk.exact_weights(loss, prob.p, prob.lam, c)
@@ -101,7 +96,19 @@ def snapshot(prob, w, b, eta_guess=np.nan):
     gd = prob.p * c * dl
     grad_w = prob.X.T @ gd + prob.alpha * w
     objective = value + 0.5 * prob.alpha * float(w @ w)
-    return Snapshot(w, b, objective, value, eta, dl, ddl, c, grad_w, float(gd.sum()))
+    return Snapshot(w, b, objective, eta, dl, ddl, c, grad_w, float(gd.sum()))
+
+
+def standardised_gradient(prob, snap):
+    """Full gradient of the objective at the snapshot in the standardised coordinates
+    ``(v, b_c, eta)`` of the solvers: ``v = w / inv_scale``, ``b_c = b + mean . w``.
+    The eta component is zero when eta is optimal (it always is at a snapshot)."""
+    d = prob.X.shape[1]
+    g = np.empty(d + 2)
+    g[:d] = prob.inv_scale * (snap.grad_w - prob.mean * snap.grad_b)
+    g[d] = snap.grad_b if prob.fit_intercept else 0.0
+    g[d + 1] = 1.0 - prob.p @ snap.c
+    return g
 
 
 def _split(prob, u):
@@ -124,8 +131,7 @@ def fit_lbfgs(prob, w, b, *, max_iter, tol):
     def fun(u):
         w, b = _split(prob, u)
         s = snapshot(prob, w, b)
-        grad_v = (s.grad_w - prob.mean * s.grad_b) * prob.inv_scale
-        return s.objective, np.append(grad_v, s.grad_b if prob.fit_intercept else 0.0)
+        return s.objective, standardised_gradient(prob, s)[:-1]
 
     scale = max(1.0, abs(snapshot(prob, w, b).objective))
     res = minimize(
@@ -300,14 +306,10 @@ class _Newton:
     def __init__(self, prob, snap):
         d = prob.X.shape[1]
         self.P, self.h, self.k = _inverse_hessian(prob, snap)
-        s = prob.inv_scale
-        self.mu = np.empty(d + 2)
-        self.mu[:d] = s * (snap.grad_w - prob.alpha * snap.w - prob.mean * snap.grad_b)
-        self.mu[d] = snap.grad_b if prob.fit_intercept else 0.0
-        self.mu[d + 1] = 1.0 - prob.p @ snap.c
-        g = self.mu.copy()
-        g[:d] += prob.alpha * s * snap.w
+        g = standardised_gradient(prob, snap)
         self.decrement = 0.5 * float(g @ self.P @ g)
+        self.mu = g
+        self.mu[:d] -= prob.alpha * prob.inv_scale * snap.w
 
 
 def warn_not_converged(solver, max_iter):

@@ -233,10 +233,16 @@ def centred_eta(losses, p, lam, rho, guess=np.nan):
 
 
 @njit(**_NJIT)
-def relaxed_risk(losses, p, lam, rho):
-    """``min_eta G(eta) + lam * offset(rho)``; returns (risk, optimal eta)."""
-    eta0, centred, eta1 = centred_eta(losses, p, lam, rho)
-    return eta0 + relaxed_value(centred, p, eta1, lam, rho) + lam * offset(rho), eta0 + eta1
+def relaxed_risk(losses, p, lam, rho, factors, guess=np.nan):
+    """``min_eta G(eta) + lam * offset(rho)``; returns (risk, optimal eta).
+
+    Also writes the gradient factors ``c_i`` at the optimal eta to ``factors`` (the relaxed
+    worst-case distribution is ``p * factors``). ``guess`` warm-starts the 1-D solve.
+    """
+    eta0, centred, eta1 = centred_eta(losses, p, lam, rho, guess)
+    relaxed_factors(centred, eta1, lam, rho, factors)
+    value = eta0 + relaxed_value(centred, p, eta1, lam, rho) + lam * offset(rho)
+    return value, eta0 + eta1
 
 
 # --------------------------------------------------------------------------------------
@@ -350,7 +356,7 @@ def kl_dro_risk(losses, lam, *, rho=0.0, sample_weight=None):
     losses, lam, rho, p = _prepare(losses, lam, rho, sample_weight)
     if rho == 0.0:
         return float(exact_risk(losses, p, lam))
-    return float(relaxed_risk(losses, p, lam, rho)[0])
+    return float(relaxed_risk(losses, p, lam, rho, np.empty_like(losses))[0])
 
 
 def worst_case_weights(losses, lam, *, rho=0.0, sample_weight=None):
@@ -382,8 +388,7 @@ def worst_case_weights(losses, lam, *, rho=0.0, sample_weight=None):
     if rho == 0.0:
         exact_weights(losses, p, lam, out)
         return out
-    _, centred, eta1 = centred_eta(losses, p, lam, rho)
-    relaxed_factors(centred, eta1, lam, rho, out)
+    relaxed_risk(losses, p, lam, rho, out)
     out *= p
     return out
 
@@ -409,7 +414,7 @@ def optimal_eta(losses, lam, rho, *, sample_weight=None):
         the minimiser of :func:`relaxed_objective`.
     """
     losses, lam, rho, p = _prepare(losses, lam, rho, sample_weight, allow_zero_rho=False)
-    return float(relaxed_risk(losses, p, lam, rho)[1])
+    return float(relaxed_risk(losses, p, lam, rho, np.empty_like(losses))[1])
 
 
 def relaxed_objective(losses, eta, lam, rho, *, sample_weight=None):
