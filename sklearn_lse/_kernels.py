@@ -67,6 +67,31 @@ def pointwise_losses(code, pred, y, eps, loss, grad, hess):
 
 
 @njit(**_NJIT)
+def systematic_draws(pi, u, out):
+    """Fill ``out`` with sample indices by systematic resampling from probabilities ``pi``.
+
+    Sample ``i`` appears ``floor`` or ``ceil`` of ``len(out) * pi_i`` times, in increasing
+    order; ``u`` is one uniform number in [0, 1). After a random shuffle every position is
+    a draw with marginal distribution ``pi``, at the cost of one sequential pass (instead
+    of a binary search per draw).
+    """
+    n_draws = out.shape[0]
+    cum = 0.0
+    k = 0
+    last = 0
+    for i in range(pi.shape[0]):
+        if pi[i] > 0.0:
+            last = i
+        cum += pi[i] * n_draws
+        while k < n_draws and k + u < cum:
+            out[k] = i
+            k += 1
+    while k < n_draws:  # rounding in the cumulative sum
+        out[k] = last
+        k += 1
+
+
+@njit(**_NJIT)
 def svrg_epoch(
     X,
     y,

@@ -18,7 +18,7 @@ from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 
 from . import risk
-from ._kernels import pointwise_losses, svrg_epoch
+from ._kernels import pointwise_losses, svrg_epoch, systematic_draws
 
 
 @dataclass
@@ -227,10 +227,10 @@ def fit_sgd(
     Each epoch: a full pass gives the snapshot (objective, exact eta, factors, full gradient)
     and the Hessian there; then one kernel call runs ``n / batch_size`` mini-batch steps with
     unbiased control-variate gradients, preconditioned by the snapshot's inverse Hessian.
-    Samples are drawn half from the empirical distribution and half in proportion to their
-    curvature (importance sampling), so that the heavily up-weighted samples are seen often
-    and the variance stays bounded. An epoch that does not lower the objective (or
-    overflows) is undone and the step reduced.
+    Samples are drawn (by shuffled systematic resampling) half from the empirical
+    distribution and half in proportion to their curvature (importance sampling), so that
+    the heavily up-weighted samples are seen often and the variance stays bounded. An epoch
+    that does not lower the objective (or overflows) is undone and the step reduced.
 
     Returns (snapshot, n_iter, converged).
     """
@@ -243,12 +243,14 @@ def fit_sgd(
     if not np.isfinite(snap.objective):
         raise ValueError("The objective is not finite at the starting point.")
     cur = _Newton(prob, snap)
+    idx = np.empty(n, dtype=np.int64)
     stall = accepted = 0
     start_time = time.perf_counter()
     for epoch in range(1, max_iter + 1):
         pi = 0.5 * p + 0.25 * p * (cur.h / max(p @ cur.h, 1e-300) + cur.k / max(p @ cur.k, 1e-300))
         pi /= pi.sum()
-        idx = rng.choice(n, size=n, p=pi)
+        systematic_draws(pi, rng.random(), idx)
+        rng.shuffle(idx)
         ratio = p[idx] / pi[idx]
         hyper[4] = kappa
         w_new = snap.w.copy()

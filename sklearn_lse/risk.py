@@ -119,9 +119,25 @@ def exact_weights(losses, p, lam, out):
 def _log_mass(losses, p, eta, lam, log_rho):
     """Return ``g = log sum_i p_i sigmoid(z_i) - log rho`` and its derivative in eta.
 
-    Computed in the log domain (online log-sum-exp), so that it is accurate when every
-    sigmoid underflows (huge losses, tiny lam).
+    One exponential per sample in the usual case; when the mass is so small that it may
+    have lost precision to underflow (huge losses, tiny lam, eta far above them) it is
+    recomputed in the log domain.
     """
+    s = 0.0
+    t = 0.0  # sum of p * sigmoid * (1 - sigmoid)
+    for i in range(losses.shape[0]):
+        sig = sigmoid((losses[i] - eta) / lam + log_rho)
+        ps = p[i] * sig
+        s += ps
+        t += ps * (1.0 - sig)
+    if s > 1e-250:
+        return math.log(s) - log_rho, -t / (s * lam)
+    return _log_mass_log_domain(losses, p, eta, lam, log_rho)
+
+
+@njit(**_NJIT)
+def _log_mass_log_domain(losses, p, eta, lam, log_rho):
+    """:func:`_log_mass` by an online log-sum-exp, exact when every sigmoid underflows."""
     m = -np.inf
     s = 0.0
     t = 0.0  # sum of weights * (1 - sigmoid), on the same shift as s
@@ -147,11 +163,20 @@ def _log_mass(losses, p, eta, lam, log_rho):
 
 
 @njit(**_NJIT)
+def _quantile_guess(losses, rho):
+    """The (1 - rho)-quantile of a strided subsample of the losses: the root's limit as
+    lam -> 0, a cheap cold start for the 1-D solve."""
+    step = max(1, losses.shape[0] // 4096)
+    return np.quantile(losses[::step], 1.0 - rho)
+
+
+@njit(**_NJIT)
 def solve_eta(losses, p, lam, rho, guess=np.nan):
     """The minimiser of ``G(eta)``: the root of ``sum_i p_i sigmoid(z_i) = rho``.
 
     Newton's method on ``g = log(mass) - log(rho)`` (nearly linear in eta when rho is
-    small), started at ``guess`` when it is finite, and safeguarded on the bracket
+    small), started at ``guess`` when it is finite (else at a quantile of the losses),
+    and safeguarded on the bracket
     ``[min l + lam log(1-rho), min(max l + lam log(1-rho), R_exact)]``: a Newton step that
     leaves the bracket is replaced by the Illinois (modified regula falsi) point of the
     bracket, or by bisection when the bracket stops shrinking.
@@ -170,6 +195,8 @@ def solve_eta(losses, p, lam, rho, guess=np.nan):
         return hi
     g_lo = np.inf  # g > 0 at lo, g < 0 at hi; values filled in as they are met
     g_hi = -np.inf
+    if not math.isfinite(guess):
+        guess = _quantile_guess(losses, rho)
     eta = guess if lo < guess < hi else hi
     width = hi - lo
     for _ in range(200):
@@ -219,7 +246,7 @@ def relaxed_factors(losses, eta, lam, rho, out):
 
 @njit(**_NJIT)
 def centred_eta(losses, p, lam, rho, guess=np.nan):
-    """Solve for eta twice: the second time on the losses centred at the first root.
+    """Solve for eta, and again on the losses centred at the first root when it is large.
 
     Returns ``(eta0, losses - eta0, eta1)`` with the optimal eta equal to ``eta0 + eta1``;
     ``guess`` (for instance the previous optimum) speeds up the first solve.
@@ -228,6 +255,9 @@ def centred_eta(losses, p, lam, rho, guess=np.nan):
     1e-4, where the spacing of doubles near 1e8 is 1.5e-8, i.e. 1.5e-4 in units of lam.
     """
     eta0 = solve_eta(losses, p, lam, rho, guess)
+    if abs(eta0) <= 1e3 * lam:
+        # rounding of eta costs at most 1e3 * 2^-52 in units of lam: already resolved
+        return 0.0, losses, eta0
     centred = losses - eta0
     return eta0, centred, solve_eta(centred, p, lam, rho, 0.0)
 
