@@ -118,6 +118,7 @@ def svrg_epoch(
     snapshot (``snap_a[i] = c_i dl_i``, ``snap_c[i] = c_i``) plus the snapshot's full
     gradient ``mu``, so the estimate stays unbiased and its variance vanishes at the optimum.
 
+    The epoch ends at the average of its iterates over the second half of the steps.
     The step is taken in standardised coordinates ``v = w / inv_scale`` (features centred at
     ``mean``), ``b_c = b + mean . w`` and ``eta``, preconditioned by the symmetric matrix
     ``precond`` (the inverse Hessian of the objective at the snapshot, of size d + 2).
@@ -136,9 +137,9 @@ def svrg_epoch(
     hyper : ndarray of shape (5,)
         ``(lam, rho, alpha, eps, step)``.
     w : ndarray of shape (n_features,)
-        Coefficients, updated in place.
+        Coefficients, replaced in place by the epoch's averaged iterate.
     state : ndarray of shape (2,)
-        ``(b_c, eta)``, updated in place.
+        ``(b_c, eta)``, replaced in place likewise.
     mean, inv_scale : ndarray of shape (n_features,)
     precond : ndarray of shape (n_features + 2, n_features + 2)
     snap_a, snap_c : ndarray of shape (n_samples,)
@@ -162,6 +163,14 @@ def svrg_epoch(
         mw += mean[j] * w[j]
     b_c = state[0]
     eta = state[1]
+    # the epoch returns the average of the iterates over its second half, which cancels
+    # most of the noise of the last iterate
+    w_avg = np.zeros(d)
+    b_avg = 0.0
+    eta_avg = 0.0
+    n_avg = 0
+    n_batches = (n_draws + batch_size - 1) // batch_size
+    average_from = (n_batches // 2) * batch_size
     for start in range(0, n_draws, batch_size):
         stop = min(start + batch_size, n_draws)
         inv_b = 1.0 / (stop - start)
@@ -200,6 +209,14 @@ def svrg_epoch(
             acc_eta += precond[d + 1, l] * g[l]
         b_c -= step * acc_b
         eta -= step * acc_eta
-    state[0] = b_c
-    state[1] = eta
+        if start >= average_from:
+            for j in range(d):
+                w_avg[j] += w[j]
+            b_avg += b_c
+            eta_avg += eta
+            n_avg += 1
+    for j in range(d):
+        w[j] = w_avg[j] / n_avg
+    state[0] = b_avg / n_avg
+    state[1] = eta_avg / n_avg
     return True

@@ -175,6 +175,22 @@ def _gram(X, a, chunk=8192):
     return out
 
 
+def least_squares_start(prob):
+    """Weighted least squares with the model's L2 penalty: ``min mean (f - y)^2 + alpha/2
+    |w|^2``, the ``lam -> inf`` limit of the objective and a cheap starting point (one pass
+    for the Gram matrix, solved in standardised coordinates)."""
+    X, p, m, s = prob.X, prob.p, prob.mean, prob.inv_scale
+    y_mean = p @ prob.y if prob.fit_intercept else 0.0
+    gram = _gram(X, p) - (np.outer(m, m) if prob.fit_intercept else 0.0)
+    A = s[:, None] * gram * s[None, :] + np.diag(0.5 * prob.alpha * s * s)
+    rhs = s * (X.T @ (p * (prob.y - y_mean)))
+    ev, V = np.linalg.eigh(A)
+    keep = ev > 1e-12 * max(ev.max(), 1e-300)
+    v = V[:, keep] @ ((V[:, keep].T @ rhs) / ev[keep])
+    w = s * v
+    return w, (y_mean - m @ w if prob.fit_intercept else 0.0)
+
+
 def _inverse_hessian(prob, snap):
     """Inverse Hessian of the objective at the snapshot, in the standardised coordinates
     ``(v, b_c, eta)`` with ``v = w / inv_scale`` and features centred at ``mean``.
@@ -230,7 +246,9 @@ def fit_sgd(
     Samples are drawn (by shuffled systematic resampling) half from the empirical
     distribution and half in proportion to their curvature (importance sampling), so that
     the heavily up-weighted samples are seen often and the variance stays bounded. An epoch
-    that does not lower the objective (or overflows) is undone and the step reduced.
+    that does not lower the objective (or overflows) is undone, the step reduced, and a
+    damped full-batch Newton step taken from the snapshot instead (its gradient and Hessian
+    are at hand), so that the pass is not wasted.
 
     Returns (snapshot, n_iter, converged).
     """
@@ -276,13 +294,18 @@ def fit_sgd(
             better = False
         if not better:
             kappa *= 0.25
-            if verbose:
-                print(f"epoch {epoch}: objective did not decrease, step -> {kappa:.3g}")
-            if kappa < 1e-12:
-                # No step improves on the snapshot any more: it is optimal to rounding
-                # (or, if no epoch was ever accepted, the data defeat the method).
-                return snap, epoch, accepted > 0
-            continue
+            # the pass is not lost: take a damped Newton step from the snapshot instead,
+            # with the gradient and Hessian that the snapshot already has
+            new = _newton_line_search(prob, snap, cur)
+            if new is None:
+                if verbose:
+                    print(f"epoch {epoch}: no decrease, step -> {kappa:.3g}")
+                if kappa < 1e-12:
+                    # No step improves on the snapshot: it is optimal to rounding (or, if
+                    # no epoch was ever accepted, the data defeat the method).
+                    return snap, epoch, accepted > 0
+                continue
+            new_cur = _Newton(prob, new)
         accepted += 1
         decrease = (snap.objective - new.objective) / max(abs(new.objective), 1e-300)
         snap, cur = new, new_cur
@@ -291,7 +314,8 @@ def fit_sgd(
         if verbose:
             print(
                 f"epoch {epoch}: objective={snap.objective:.10g}, "
-                f"newton decrement={cur.decrement:.3g}, step={kappa:.3g}, "
+                f"newton decrement={cur.decrement:.3g}, step={kappa:.3g}"
+                f"{'' if better else ' (full Newton step)'}, "
                 f"elapsed={time.perf_counter() - start_time:.2f}s"
             )
         if cur.decrement <= tol * abs(snap.objective) or stall >= n_iter_no_change:
@@ -299,18 +323,41 @@ def fit_sgd(
     return snap, max_iter, False
 
 
+def _newton_line_search(prob, snap, cur, max_halvings=30):
+    """Damped Newton step from the snapshot (eta re-solved exactly at every trial), with
+    Armijo backtracking; returns the new snapshot, or None when no step decreases the
+    objective."""
+    d = prob.X.shape[1]
+    step = -cur.P @ cur.g
+    slope = float(cur.g @ step)  # = -2 * decrement
+    if not slope < 0:
+        return None
+    b_c = snap.b + prob.mean @ snap.w
+    t = 1.0
+    for _ in range(max_halvings):
+        w = snap.w + t * prob.inv_scale * step[:d]
+        b = b_c + t * step[d] - prob.mean @ w if prob.fit_intercept else 0.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            trial = snapshot(prob, w, b, snap.eta)
+        if trial.objective <= snap.objective + 1e-4 * t * slope:
+            return trial
+        t *= 0.5
+    return None
+
+
 class _Newton:
     """Second-order information at a snapshot, in the standardised coordinates
-    ``(v, b_c, eta)``: inverse Hessian ``P``, full gradient without the penalty ``mu`` (the
-    kernel adds the penalty's exact gradient at every step), per-sample curvatures ``h`` and
-    ``k``, and the Newton decrement ``g^T P g / 2`` (about the suboptimality)."""
+    ``(v, b_c, eta)``: inverse Hessian ``P``, full gradient ``g``, the same without the
+    penalty ``mu`` (the kernel adds the penalty's exact gradient at every step),
+    per-sample curvatures ``h`` and ``k``, and the Newton decrement ``g^T P g / 2`` (about
+    the suboptimality)."""
 
     def __init__(self, prob, snap):
         d = prob.X.shape[1]
         self.P, self.h, self.k = _inverse_hessian(prob, snap)
-        g = standardised_gradient(prob, snap)
-        self.decrement = 0.5 * float(g @ self.P @ g)
-        self.mu = g
+        self.g = standardised_gradient(prob, snap)
+        self.decrement = 0.5 * float(self.g @ self.P @ self.g)
+        self.mu = self.g.copy()
         self.mu[:d] -= prob.alpha * prob.inv_scale * snap.w
 
 

@@ -8,7 +8,7 @@ from sklearn.utils.validation import validate_data
 
 from ._base import DROLinearModel, Interval, StrOptions, _fit_context
 from ._kernels import LOSS_CODES
-from ._solvers import losses_of
+from ._solvers import least_squares_start, losses_of
 from .risk import empirical_weights
 
 __all__ = ["DRORegressor"]
@@ -68,8 +68,10 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         coordinates, relative to ``max(1, |objective|)``.
     n_iter_no_change : int, default=5
         Number of epochs without progress before ``"sgd"`` stops.
-    batch_size : int, default=16
-        Samples per stochastic step (``"sgd"``).
+    batch_size : int or "auto", default="auto"
+        Samples per stochastic step (``"sgd"``). ``"auto"`` is ``4 * (n_features + 2)``,
+        which keeps the preconditioned steps stable and the cost of the preconditioner
+        below that of the gradients.
     learning_rate : "auto" or float, default="auto"
         Largest multiplier of the preconditioned step of ``"sgd"`` (the inverse Hessian at
         each epoch's snapshot). ``"auto"`` (1.0, a Newton step) needs no tuning: the
@@ -144,7 +146,7 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         max_iter=1000,
         tol=1e-6,
         n_iter_no_change=5,
-        batch_size=16,
+        batch_size="auto",
         learning_rate="auto",
         random_state=None,
         warm_start=False,
@@ -198,12 +200,9 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         self.n_iter_ = n_iter
         return self
 
-    def _initial_intercept(self, prob):
-        if self.loss == "squared_error":
-            return float(prob.p @ prob.y)
-        order = np.argsort(prob.y)
-        cdf = np.cumsum(prob.p[order])
-        return float(prob.y[order][np.searchsorted(cdf, 0.5)])
+    def _cold_start(self, prob):
+        # the ridge / least-squares fit (the lam -> inf limit) is one Gram pass away
+        return least_squares_start(prob)
 
     def predict(self, X):
         """Predict with the linear model.

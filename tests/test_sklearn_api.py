@@ -11,29 +11,15 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_lse import DRORegressor
 
-# Reasons a reviewer can check. scikit-learn exempts its own SGD estimators from the same
-# sample-weight equivalence checks (stochastic solvers visit repeated rows more often).
-EXPECTED_FAILED = {
-    "check_sample_weight_equivalence_on_dense_data": (
-        "the stochastic solver visits a repeated row more often than a weighted one, so the "
-        "two fits agree only to the solver tolerance (tests/test_regression.py checks that); "
-        "SGDRegressor is exempt for the same reason"
-    ),
-}
 
-
-def expected_failed_checks(estimator):
-    if getattr(estimator, "solver", None) == "sgd":
-        return EXPECTED_FAILED
-    return {}
-
-
+# The sgd solver converges tightly enough that even the sample-weight equivalence checks
+# (from which scikit-learn exempts its own SGD estimators) pass: no expected failures.
 @parametrize_with_checks(
     [
         DRORegressor(random_state=0),
         DRORegressor(solver="lbfgs", rho=0.0),
     ],
-    expected_failed_checks=expected_failed_checks,
+    expected_failed_checks=lambda estimator: {},
 )
 def test_sklearn_common_checks(estimator, check):
     check(estimator)
