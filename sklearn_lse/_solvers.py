@@ -323,7 +323,7 @@ def fit_sgd(
     return snap, max_iter, False
 
 
-def _newton_line_search(prob, snap, cur, max_halvings=30):
+def _newton_line_search(prob, snap, cur, max_halvings=10):
     """Damped Newton step from the snapshot (eta re-solved exactly at every trial), with
     Armijo backtracking; returns the new snapshot, or None when no step decreases the
     objective."""
