@@ -67,6 +67,50 @@ def pointwise_losses(code, pred, y, eps, loss, grad, hess):
 
 
 @njit(**_NJIT)
+def curvature_weights(p, c, dl, ddl, lam, rho, a, e, pk, pi):
+    """Per-sample curvature of the relaxed objective at a snapshot, and the importance
+    sampling that goes with it, in one pass.
+
+    One sample's Hessian is ``c_i l''_i grad f grad f^T + k_i grad u grad u^T`` with
+    ``u_i = l_i - eta`` and ``k_i = c_i (1 - rho c_i) / lam`` the curvature of the
+    softplus. Writes the p-weighted coefficients of ``(x_i, 1)(x_i, 1)^T``
+    (``a_i = p_i (c_i l''_i + k_i l'_i^2)``), of the cross term with eta
+    (``e_i = -p_i k_i l'_i``) and of the eta-eta term (``pk_i = p_i k_i``), and to ``pi``
+    the sampling probabilities ``pi_i = p_i / 2 + a_i / (4 sum a) +
+    pk_i / (4 sum pk)`` (half the empirical distribution, half by curvature), so that
+    ``p_i / pi_i <= 4 (sum a) / a_i`` bounds each drawn sample's weighted curvature, and
+    returns ``(sum a, sum e, sum pk)``; :func:`importance_ratios` turns pi into ratios.
+    """
+    sa = 0.0
+    se = 0.0
+    sk = 0.0
+    for i in range(p.shape[0]):
+        k = c[i] * (1.0 - rho * c[i]) / lam
+        a[i] = p[i] * (c[i] * ddl[i] + k * dl[i] * dl[i])
+        e[i] = -p[i] * k * dl[i]
+        pk[i] = p[i] * k
+        sa += a[i]
+        se += e[i]
+        sk += pk[i]
+    wa = 0.25 / sa if sa > 0.0 else 0.0
+    wk = 0.25 / sk if sk > 0.0 else 0.0
+    total = 0.0
+    for i in range(p.shape[0]):
+        pi[i] = 0.5 * p[i] + wa * a[i] + wk * pk[i]
+        total += pi[i]
+    for i in range(p.shape[0]):
+        pi[i] /= total
+    return sa, se, sk
+
+
+@njit(**_NJIT)
+def importance_ratios(p, pi, out):
+    """``out_i = p_i / pi_i`` (0 where pi_i is 0: such samples are never drawn)."""
+    for i in range(p.shape[0]):
+        out[i] = p[i] / pi[i] if pi[i] > 0.0 else 0.0
+
+
+@njit(**_NJIT)
 def systematic_draws(pi, u, out):
     """Fill ``out`` with sample indices by systematic resampling from probabilities ``pi``.
 
@@ -129,8 +173,8 @@ def svrg_epoch(
     y : ndarray of shape (n_samples,)
     idx : ndarray of int64 of shape (n_draws,)
         Samples in the order they are used (drawn with probabilities pi_i).
-    ratio : ndarray of shape (n_draws,)
-        Importance weights ``p_i / pi_i`` of the drawn samples.
+    ratio : ndarray of shape (n_samples,)
+        Importance weights ``p_i / pi_i`` of every sample.
     batch_size : int
     code : int
         Loss code.
@@ -186,11 +230,12 @@ def svrg_epoch(
                 return False
             loss, dl, _ = loss_and_derivatives(code, f, y[i], eps)
             c = sigmoid((loss - eta) / lam + log_rho) / rho
-            delta = ratio[k] * (c * dl - snap_a[i])
+            r = ratio[i]
+            delta = r * (c * dl - snap_a[i])
             for j in range(d):
                 gw[j] += delta * X[i, j]
             sum_delta += delta
-            sum_eta += ratio[k] * (snap_c[i] - c)
+            sum_eta += r * (snap_c[i] - c)
         for j in range(d):
             g[j] = inv_scale[j] * ((gw[j] - mean[j] * sum_delta) * inv_b + alpha * w[j]) + mu[j]
         g[d] = sum_delta * inv_b + mu[d]

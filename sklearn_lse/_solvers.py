@@ -18,7 +18,13 @@ from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 
 from . import risk
-from ._kernels import pointwise_losses, svrg_epoch, systematic_draws
+from ._kernels import (
+    curvature_weights,
+    importance_ratios,
+    pointwise_losses,
+    svrg_epoch,
+    systematic_draws,
+)
 
 
 @dataclass
@@ -152,20 +158,6 @@ def fit_lbfgs(prob, w, b, *, max_iter, tol):
     return snapshot(prob, w, b), int(res.nit), res.status != 1
 
 
-def _curvature(prob, snap):
-    """Per-sample curvature of the objective at the snapshot.
-
-    One sample's Hessian of the relaxed objective is
-    ``c_i l''_i grad f grad f^T + k_i grad u grad u^T`` with ``u_i = l_i - eta`` and
-    ``k_i = c_i (1 - rho c_i) / lam`` the curvature of the softplus. Returns the weights of
-    ``(x_i, 1)(x_i, 1)^T`` (``h_i = c_i l''_i + k_i l'_i^2``), of the cross term with eta
-    (``-k_i l'_i``) and of the eta-eta term (``k_i``).
-    """
-    c = snap.c
-    k = c * (1.0 - prob.rho * c) / prob.lam
-    return c * snap.ddl + k * snap.dl**2, -k * snap.dl, k
-
-
 def _gram(X, a, chunk=8192):
     """``X^T diag(a) X`` in chunks of rows, so that no copy of X is made."""
     out = np.zeros((X.shape[1], X.shape[1]))
@@ -191,28 +183,27 @@ def least_squares_start(prob):
     return w, (y_mean - m @ w if prob.fit_intercept else 0.0)
 
 
-def _inverse_hessian(prob, snap):
-    """Inverse Hessian of the objective at the snapshot, in the standardised coordinates
-    ``(v, b_c, eta)`` with ``v = w / inv_scale`` and features centred at ``mean``.
+def _inverse_hessian(prob, a, e, sums):
+    """Inverse Hessian of the objective at a snapshot, in the standardised coordinates
+    ``(v, b_c, eta)`` with ``v = w / inv_scale`` and features centred at ``mean``, from the
+    per-sample curvature coefficients of :func:`curvature_weights`.
 
     It preconditions the stochastic steps: the method is then affine invariant in the
     features, and the step that suits one problem suits them all.
     """
-    X, p, m, s = prob.X, prob.p, prob.mean, prob.inv_scale
+    X, m, s = prob.X, prob.mean, prob.inv_scale
     d = X.shape[1]
-    h, cross, k = _curvature(prob, snap)
-    a = p * h
-    e = p * cross
+    sum_a, sum_e, sum_k = sums
     Xa = X.T @ a
     Xe = X.T @ e
     H = np.empty((d + 2, d + 2))
-    H_vv = _gram(X, a) - np.outer(m, Xa) - np.outer(Xa, m) + a.sum() * np.outer(m, m)
+    H_vv = _gram(X, a) - np.outer(m, Xa) - np.outer(Xa, m) + sum_a * np.outer(m, m)
     H[:d, :d] = s[:, None] * H_vv * s[None, :] + np.diag(prob.alpha * s * s)
-    H[:d, d] = H[d, :d] = s * (Xa - m * a.sum())
-    H[:d, d + 1] = H[d + 1, :d] = s * (Xe - m * e.sum())
-    H[d, d] = a.sum()
-    H[d, d + 1] = H[d + 1, d] = e.sum()
-    H[d + 1, d + 1] = p @ k
+    H[:d, d] = H[d, :d] = s * (Xa - m * sum_a)
+    H[:d, d + 1] = H[d + 1, :d] = s * (Xe - m * sum_e)
+    H[d, d] = sum_a
+    H[d, d + 1] = H[d + 1, d] = sum_e
+    H[d + 1, d + 1] = sum_k
     if not prob.fit_intercept:
         H[d, :] = H[:, d] = 0.0
         H[d, d] = 1.0
@@ -221,7 +212,7 @@ def _inverse_hessian(prob, snap):
     P = (V / ev) @ V.T
     if not prob.fit_intercept:
         P[d, :] = P[:, d] = 0.0
-    return P, h, k
+    return P
 
 
 def fit_sgd(
@@ -262,14 +253,13 @@ def fit_sgd(
         raise ValueError("The objective is not finite at the starting point.")
     cur = _Newton(prob, snap)
     idx = np.empty(n, dtype=np.int64)
+    ratio = np.empty(n)
     stall = accepted = 0
     start_time = time.perf_counter()
     for epoch in range(1, max_iter + 1):
-        pi = 0.5 * p + 0.25 * p * (cur.h / max(p @ cur.h, 1e-300) + cur.k / max(p @ cur.k, 1e-300))
-        pi /= pi.sum()
-        systematic_draws(pi, rng.random(), idx)
+        systematic_draws(cur.pi, rng.random(), idx)
         rng.shuffle(idx)
-        ratio = p[idx] / pi[idx]
+        importance_ratios(p, cur.pi, ratio)
         hyper[4] = kappa
         w_new = snap.w.copy()
         state = np.array([snap.b + prob.mean @ snap.w, snap.eta])
@@ -348,13 +338,17 @@ def _newton_line_search(prob, snap, cur, max_halvings=10):
 class _Newton:
     """Second-order information at a snapshot, in the standardised coordinates
     ``(v, b_c, eta)``: inverse Hessian ``P``, full gradient ``g``, the same without the
-    penalty ``mu`` (the kernel adds the penalty's exact gradient at every step),
-    per-sample curvatures ``h`` and ``k``, and the Newton decrement ``g^T P g / 2`` (about
-    the suboptimality)."""
+    penalty ``mu`` (the kernel adds the penalty's exact gradient at every step), the
+    sampling probabilities ``pi`` by curvature, and the Newton decrement ``g^T P g / 2``
+    (about the suboptimality)."""
 
     def __init__(self, prob, snap):
         d = prob.X.shape[1]
-        self.P, self.h, self.k = _inverse_hessian(prob, snap)
+        a, e, pk, self.pi = (np.empty_like(snap.c) for _ in range(4))
+        sums = curvature_weights(
+            prob.p, snap.c, snap.dl, snap.ddl, prob.lam, prob.rho, a, e, pk, self.pi
+        )
+        self.P = _inverse_hessian(prob, a, e, sums)
         self.g = standardised_gradient(prob, snap)
         self.decrement = 0.5 * float(self.g @ self.P @ self.g)
         self.mu = self.g.copy()
