@@ -79,7 +79,7 @@ def curvature_weights(p, c, dl, ddl, lam, rho, a, e, pk, pi):
     the sampling probabilities ``pi_i = p_i / 2 + a_i / (4 sum a) +
     pk_i / (4 sum pk)`` (half the empirical distribution, half by curvature), so that
     ``p_i / pi_i <= 4 (sum a) / a_i`` bounds each drawn sample's weighted curvature, and
-    returns ``(sum a, sum e, sum pk)``; :func:`importance_ratios` turns pi into ratios.
+    returns ``(sum a, sum e, sum pk)``; :func:`pack_snapshot` turns pi into ratios.
     """
     sa = 0.0
     se = 0.0
@@ -104,10 +104,15 @@ def curvature_weights(p, c, dl, ddl, lam, rho, a, e, pk, pi):
 
 
 @njit(**_NJIT)
-def importance_ratios(p, pi, out):
-    """``out_i = p_i / pi_i`` (0 where pi_i is 0: such samples are never drawn)."""
+def pack_snapshot(p, pi, c, dl, aux):
+    """Write the per-sample snapshot data the stochastic epoch reads next to the target
+    (``aux[:, 0]``), so that one sample costs one cache line: ``aux[:, 1]`` the gradient
+    factor ``c_i l'_i``, ``aux[:, 2]`` the weight factor ``c_i``, ``aux[:, 3]`` the
+    importance ratio ``p_i / pi_i`` (0 where pi_i is 0: such samples are never drawn)."""
     for i in range(p.shape[0]):
-        out[i] = p[i] / pi[i] if pi[i] > 0.0 else 0.0
+        aux[i, 1] = c[i] * dl[i]
+        aux[i, 2] = c[i]
+        aux[i, 3] = p[i] / pi[i] if pi[i] > 0.0 else 0.0
 
 
 @njit(**_NJIT)
@@ -138,9 +143,8 @@ def systematic_draws(pi, u, out):
 @njit(**_NJIT)
 def svrg_epoch(
     X,
-    y,
+    aux,
     idx,
-    ratio,
     batch_size,
     code,
     hyper,
@@ -149,8 +153,6 @@ def svrg_epoch(
     mean,
     inv_scale,
     precond,
-    snap_a,
-    snap_c,
     mu,
 ):
     """One epoch of preconditioned, variance-reduced SGD on the relaxed objective, in place.
@@ -159,7 +161,7 @@ def svrg_epoch(
     ``G = eta - lam + (lam/rho) sum_i p_i softplus((l_i - eta)/lam + log rho)``.
     One sample's gradient is ``c_i dl_i (x_i, 1)`` in ``(w, b)`` and ``1 - c_i`` in ``eta``,
     with ``c_i = sigmoid(z_i)/rho``. The control variate is the same sample's gradient at the
-    snapshot (``snap_a[i] = c_i dl_i``, ``snap_c[i] = c_i``) plus the snapshot's full
+    snapshot (``aux[i, 1] = c_i dl_i``, ``aux[i, 2] = c_i``) plus the snapshot's full
     gradient ``mu``, so the estimate stays unbiased and its variance vanishes at the optimum.
 
     The epoch ends at the average of its iterates over the second half of the steps.
@@ -170,11 +172,11 @@ def svrg_epoch(
     Parameters
     ----------
     X : ndarray of shape (n_samples, n_features), C order
-    y : ndarray of shape (n_samples,)
+    aux : ndarray of shape (n_samples, 4), C order
+        Per sample: target, ``c_i dl_i`` and ``c_i`` at the snapshot, and the importance
+        weight ``p_i / pi_i`` (see :func:`pack_snapshot`).
     idx : ndarray of int64 of shape (n_draws,)
         Samples in the order they are used (drawn with probabilities pi_i).
-    ratio : ndarray of shape (n_samples,)
-        Importance weights ``p_i / pi_i`` of every sample.
     batch_size : int
     code : int
         Loss code.
@@ -186,7 +188,6 @@ def svrg_epoch(
         ``(b_c, eta)``, replaced in place likewise.
     mean, inv_scale : ndarray of shape (n_features,)
     precond : ndarray of shape (n_features + 2, n_features + 2)
-    snap_a, snap_c : ndarray of shape (n_samples,)
     mu : ndarray of shape (n_features + 2,)
         Full gradient at the snapshot in the standardised coordinates ``(v, b_c, eta)``,
         without the penalty (which is added exactly at every step).
@@ -228,14 +229,14 @@ def svrg_epoch(
                 f += X[i, j] * w[j]
             if not math.isfinite(f):
                 return False
-            loss, dl, _ = loss_and_derivatives(code, f, y[i], eps)
+            loss, dl, _ = loss_and_derivatives(code, f, aux[i, 0], eps)
             c = sigmoid((loss - eta) / lam + log_rho) / rho
-            r = ratio[i]
-            delta = r * (c * dl - snap_a[i])
+            r = aux[i, 3]
+            delta = r * (c * dl - aux[i, 1])
             for j in range(d):
                 gw[j] += delta * X[i, j]
             sum_delta += delta
-            sum_eta += r * (snap_c[i] - c)
+            sum_eta += r * (aux[i, 2] - c)
         for j in range(d):
             g[j] = inv_scale[j] * ((gw[j] - mean[j] * sum_delta) * inv_b + alpha * w[j]) + mu[j]
         g[d] = sum_delta * inv_b + mu[d]

@@ -20,7 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from . import risk
 from ._kernels import (
     curvature_weights,
-    importance_ratios,
+    pack_snapshot,
     pointwise_losses,
     svrg_epoch,
     systematic_draws,
@@ -183,13 +183,13 @@ def least_squares_start(prob):
     return w, (y_mean - m @ w if prob.fit_intercept else 0.0)
 
 
-def _inverse_hessian(prob, a, e, sums):
-    """Inverse Hessian of the objective at a snapshot, in the standardised coordinates
+def _hessian(prob, a, e, sums):
+    """Hessian of the objective at a snapshot, in the standardised coordinates
     ``(v, b_c, eta)`` with ``v = w / inv_scale`` and features centred at ``mean``, from the
     per-sample curvature coefficients of :func:`curvature_weights`.
 
-    It preconditions the stochastic steps: the method is then affine invariant in the
-    features, and the step that suits one problem suits them all.
+    Its (damped) inverse preconditions the stochastic steps: the method is then affine
+    invariant in the features, and the step that suits one problem suits them all.
     """
     X, m, s = prob.X, prob.mean, prob.inv_scale
     d = X.shape[1]
@@ -207,12 +207,7 @@ def _inverse_hessian(prob, a, e, sums):
     if not prob.fit_intercept:
         H[d, :] = H[:, d] = 0.0
         H[d, d] = 1.0
-    ev, V = np.linalg.eigh(H)
-    ev = np.maximum(ev, 1e-10 * max(ev.max(), 1e-300))
-    P = (V / ev) @ V.T
-    if not prob.fit_intercept:
-        P[d, :] = P[:, d] = 0.0
-    return P
+    return H
 
 
 def fit_sgd(
@@ -251,21 +246,23 @@ def fit_sgd(
     snap = snapshot(prob, w, b)
     if not np.isfinite(snap.objective):
         raise ValueError("The objective is not finite at the starting point.")
-    cur = _Newton(prob, snap)
+    damping = 1e-8
+    cur = _Newton(prob, snap, damping)
     idx = np.empty(n, dtype=np.int64)
-    ratio = np.empty(n)
+    aux = np.empty((n, 4))
+    aux[:, 0] = prob.y
     stall = accepted = 0
     start_time = time.perf_counter()
     for epoch in range(1, max_iter + 1):
         systematic_draws(cur.pi, rng.random(), idx)
         rng.shuffle(idx)
-        importance_ratios(p, cur.pi, ratio)
+        pack_snapshot(p, cur.pi, snap.c, snap.dl, aux)
         hyper[4] = kappa
         w_new = snap.w.copy()
         state = np.array([snap.b + prob.mean @ snap.w, snap.eta])
         ok = svrg_epoch(
-            X, prob.y, idx, ratio, batch_size, prob.loss, hyper, w_new, state,
-            prob.mean, prob.inv_scale, cur.P, snap.c * snap.dl, snap.c, cur.mu,
+            X, aux, idx, batch_size, prob.loss, hyper, w_new, state,
+            prob.mean, prob.inv_scale, cur.P, cur.mu,
         )  # fmt: skip
         new = None
         if ok and np.all(np.isfinite(w_new)) and np.isfinite(state[0]):
@@ -273,7 +270,7 @@ def fit_sgd(
             with np.errstate(over="ignore", invalid="ignore"):
                 new = snapshot(prob, w_new, b_new, state[1])  # a diverged trial may overflow
         if new is not None and np.isfinite(new.objective):
-            new_cur = _Newton(prob, new)
+            new_cur = _Newton(prob, new, damping)
             # below this, objective values differ by rounding only; then the Newton
             # decrement decides
             floor = 1e-14 * (abs(snap.objective) + abs(snap.eta) + prob.lam)
@@ -284,6 +281,8 @@ def fit_sgd(
             better = False
         if not better:
             kappa *= 0.25
+            damping = min(damping * 10.0, 1.0)
+            cur.damp(damping)
             # the pass is not lost: take a damped Newton step from the snapshot instead,
             # with the gradient and Hessian that the snapshot already has
             new = _newton_line_search(prob, snap, cur)
@@ -295,11 +294,12 @@ def fit_sgd(
                     # no epoch was ever accepted, the data defeat the method).
                     return snap, epoch, accepted > 0
                 continue
-            new_cur = _Newton(prob, new)
+            new_cur = _Newton(prob, new, damping)
         accepted += 1
         decrease = (snap.objective - new.objective) / max(abs(new.objective), 1e-300)
         snap, cur = new, new_cur
         kappa = min(kappa * 1.5, kappa_max)
+        damping = max(damping / 3.0, 1e-8)
         stall = stall + 1 if decrease < tol else 0
         if verbose:
             print(
@@ -337,22 +337,40 @@ def _newton_line_search(prob, snap, cur, max_halvings=10):
 
 class _Newton:
     """Second-order information at a snapshot, in the standardised coordinates
-    ``(v, b_c, eta)``: inverse Hessian ``P``, full gradient ``g``, the same without the
-    penalty ``mu`` (the kernel adds the penalty's exact gradient at every step), the
-    sampling probabilities ``pi`` by curvature, and the Newton decrement ``g^T P g / 2``
-    (about the suboptimality)."""
+    ``(v, b_c, eta)``: the damped inverse Hessian ``P``, the full gradient ``g``, the same
+    without the penalty ``mu`` (the kernel adds the penalty's exact gradient at every
+    step), the sampling probabilities ``pi`` by curvature, and the decrement
+    ``g^T P g / 2`` (about the suboptimality once the damping is small).
 
-    def __init__(self, prob, snap):
+    Damping (Levenberg-Marquardt) adds ``damping * max eigenvalue`` to the Hessian: near a
+    kink of the objective (small lam, losses far apart) the Hessian is nearly singular in
+    directions where the objective is not quadratic at all, and undamped Newton-scaled
+    steps overshoot there.
+    """
+
+    def __init__(self, prob, snap, damping):
         d = prob.X.shape[1]
         a, e, pk, self.pi = (np.empty_like(snap.c) for _ in range(4))
         sums = curvature_weights(
             prob.p, snap.c, snap.dl, snap.ddl, prob.lam, prob.rho, a, e, pk, self.pi
         )
-        self.P = _inverse_hessian(prob, a, e, sums)
+        self.ev, self.V = np.linalg.eigh(_hessian(prob, a, e, sums))
+        self.fit_intercept = prob.fit_intercept
         self.g = standardised_gradient(prob, snap)
-        self.decrement = 0.5 * float(self.g @ self.P @ self.g)
         self.mu = self.g.copy()
         self.mu[:d] -= prob.alpha * prob.inv_scale * snap.w
+        self.damp(damping)
+
+    def damp(self, damping):
+        """Set the damping of ``P`` (and the decrement that goes with it)."""
+        top = max(self.ev.max(), 1e-300)
+        ev = np.maximum(self.ev, 1e-12 * top) + damping * top
+        self.P = (self.V / ev) @ self.V.T
+        if not self.fit_intercept:
+            d = self.P.shape[0] - 2
+            self.P[d, :] = self.P[:, d] = 0.0
+        self.decrement = 0.5 * float(self.g @ self.P @ self.g)
+        return self
 
 
 def warn_not_converged(solver, max_iter):

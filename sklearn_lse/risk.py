@@ -177,7 +177,7 @@ def solve_eta(losses, p, lam, rho, guess=np.nan):
     Newton's method on ``g = log(mass) - log(rho)`` (nearly linear in eta when rho is
     small), started at ``guess`` when it is finite (else at a quantile of the losses),
     and safeguarded on the bracket
-    ``[min l + lam log(1-rho), min(max l + lam log(1-rho), R_exact)]``: a Newton step that
+    ``[min l + lam log(1-rho), max l + lam log(1-rho)]``: a Newton step that
     leaves the bracket is replaced by the Illinois (modified regula falsi) point of the
     bracket, or by bisection when the bracket stops shrinking.
     """
@@ -190,7 +190,7 @@ def solve_eta(losses, p, lam, rho, guess=np.nan):
             lo = min(lo, losses[i])
             hi = max(hi, losses[i])
     lo += shift
-    hi = min(hi + shift, exact_risk(losses, p, lam))
+    hi += shift
     if not hi > lo:
         return hi
     g_lo = np.inf  # g > 0 at lo, g < 0 at hi; values filled in as they are met
