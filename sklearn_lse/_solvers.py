@@ -167,6 +167,22 @@ def _gram(X, a, chunk=8192):
     return out
 
 
+def _sketched_gram(X, a, pi, rng):
+    """``X^T diag(a) X``, exact when that costs about one pass over X, otherwise estimated
+    without bias from ``m = max(n / d, 50 (d + 2))`` rows drawn with probabilities ``pi``
+    (weights ``a_i / (m pi_i)``): the preconditioner needs the curvature's shape, not
+    every digit, and the exact product would cost d passes."""
+    n, d = X.shape
+    m = max(n // max(d, 1), 50 * (d + 2))
+    if m >= n:
+        return _gram(X, a)
+    rows = np.empty(m, dtype=np.int64)
+    systematic_draws(pi, rng.random(), rows)
+    weights = a[rows] / (m * pi[rows])
+    Xs = X[rows]
+    return Xs.T @ (Xs * weights[:, None])
+
+
 def least_squares_start(prob):
     """Weighted least squares with the model's L2 penalty: ``min mean (f - y)^2 + alpha/2
     |w|^2``, the ``lam -> inf`` limit of the objective and a cheap starting point (one pass
@@ -183,7 +199,7 @@ def least_squares_start(prob):
     return w, (y_mean - m @ w if prob.fit_intercept else 0.0)
 
 
-def _hessian(prob, a, e, sums):
+def _hessian(prob, a, e, sums, pi, rng):
     """Hessian of the objective at a snapshot, in the standardised coordinates
     ``(v, b_c, eta)`` with ``v = w / inv_scale`` and features centred at ``mean``, from the
     per-sample curvature coefficients of :func:`curvature_weights`.
@@ -197,7 +213,9 @@ def _hessian(prob, a, e, sums):
     Xa = X.T @ a
     Xe = X.T @ e
     H = np.empty((d + 2, d + 2))
-    H_vv = _gram(X, a) - np.outer(m, Xa) - np.outer(Xa, m) + sum_a * np.outer(m, m)
+    H_vv = (
+        _sketched_gram(X, a, pi, rng) - np.outer(m, Xa) - np.outer(Xa, m) + sum_a * np.outer(m, m)
+    )
     H[:d, :d] = s[:, None] * H_vv * s[None, :] + np.diag(prob.alpha * s * s)
     H[:d, d] = H[d, :d] = s * (Xa - m * sum_a)
     H[:d, d + 1] = H[d + 1, :d] = s * (Xe - m * sum_e)
@@ -247,7 +265,7 @@ def fit_sgd(
     if not np.isfinite(snap.objective):
         raise ValueError("The objective is not finite at the starting point.")
     damping = 1e-8
-    cur = _Newton(prob, snap, damping)
+    cur = _Newton(prob, snap, damping, rng)
     idx = np.empty(n, dtype=np.int64)
     aux = np.empty((n, 4))
     aux[:, 0] = prob.y
@@ -270,7 +288,7 @@ def fit_sgd(
             with np.errstate(over="ignore", invalid="ignore"):
                 new = snapshot(prob, w_new, b_new, state[1])  # a diverged trial may overflow
         if new is not None and np.isfinite(new.objective):
-            new_cur = _Newton(prob, new, damping)
+            new_cur = _Newton(prob, new, damping, rng)
             # below this, objective values differ by rounding only; then the Newton
             # decrement decides
             floor = 1e-14 * (abs(snap.objective) + abs(snap.eta) + prob.lam)
@@ -294,7 +312,7 @@ def fit_sgd(
                     # no epoch was ever accepted, the data defeat the method).
                     return snap, epoch, accepted > 0
                 continue
-            new_cur = _Newton(prob, new, damping)
+            new_cur = _Newton(prob, new, damping, rng)
         accepted += 1
         decrease = (snap.objective - new.objective) / max(abs(new.objective), 1e-300)
         snap, cur = new, new_cur
@@ -348,13 +366,13 @@ class _Newton:
     steps overshoot there.
     """
 
-    def __init__(self, prob, snap, damping):
+    def __init__(self, prob, snap, damping, rng):
         d = prob.X.shape[1]
         a, e, pk, self.pi = (np.empty_like(snap.c) for _ in range(4))
         sums = curvature_weights(
             prob.p, snap.c, snap.dl, snap.ddl, prob.lam, prob.rho, a, e, pk, self.pi
         )
-        self.ev, self.V = np.linalg.eigh(_hessian(prob, a, e, sums))
+        self.ev, self.V = np.linalg.eigh(_hessian(prob, a, e, sums, self.pi, rng))
         self.fit_intercept = prob.fit_intercept
         self.g = standardised_gradient(prob, snap)
         self.mu = self.g.copy()
