@@ -104,15 +104,29 @@ def curvature_weights(p, c, dl, ddl, lam, rho, a, e, pk, pi):
 
 
 @njit(**_NJIT)
-def pack_snapshot(p, pi, c, dl, aux):
+def block_probabilities(pi, block_size, out):
+    """``out[b]``: probability of the block of rows ``[b B, (b + 1) B)``, the sum of its
+    rows' sampling probabilities."""
+    out[:] = 0.0
+    for i in range(pi.shape[0]):
+        out[i // block_size] += pi[i]
+
+
+@njit(**_NJIT)
+def pack_snapshot(p, block_pi, block_size, c, dl, aux):
     """Write the per-sample snapshot data the stochastic epoch reads next to the target
     (``aux[:, 0]``), so that one sample costs one cache line: ``aux[:, 1]`` the gradient
     factor ``c_i l'_i``, ``aux[:, 2]`` the weight factor ``c_i``, ``aux[:, 3]`` the
-    importance ratio ``p_i / pi_i`` (0 where pi_i is 0: such samples are never drawn)."""
-    for i in range(p.shape[0]):
+    importance weight ``|block| p_i / pi_block`` of the row within its block of rows
+    (0 where the block is never drawn), so that the block's mean of weighted gradients is
+    an unbiased estimate of the full gradient."""
+    n = p.shape[0]
+    for i in range(n):
+        b = i // block_size
+        size = min(block_size, n - b * block_size)
         aux[i, 1] = c[i] * dl[i]
         aux[i, 2] = c[i]
-        aux[i, 3] = p[i] / pi[i] if pi[i] > 0.0 else 0.0
+        aux[i, 3] = size * p[i] / block_pi[b] if block_pi[b] > 0.0 else 0.0
 
 
 @njit(**_NJIT)
@@ -144,7 +158,7 @@ def systematic_draws(pi, u, out):
 def svrg_epoch(
     X,
     aux,
-    idx,
+    blocks,
     batch_size,
     code,
     hyper,
@@ -175,9 +189,12 @@ def svrg_epoch(
     aux : ndarray of shape (n_samples, 4), C order
         Per sample: target, ``c_i dl_i`` and ``c_i`` at the snapshot, and the importance
         weight ``p_i / pi_i`` (see :func:`pack_snapshot`).
-    idx : ndarray of int64 of shape (n_draws,)
-        Samples in the order they are used (drawn with probabilities pi_i).
+    blocks : ndarray of int64 of shape (n_steps,)
+        Mini-batches in the order they are used, as indices of blocks of contiguous rows
+        (drawn with the probabilities of :func:`block_probabilities`): contiguous rows keep
+        the memory access sequential.
     batch_size : int
+        Rows per block.
     code : int
         Loss code.
     hyper : ndarray of shape (5,)
@@ -199,8 +216,7 @@ def svrg_epoch(
     """
     lam, rho, alpha, eps, step = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
     log_rho = math.log(rho)
-    n_draws = idx.shape[0]
-    d = X.shape[1]
+    n, d = X.shape
     gw = np.zeros(d)
     g = np.zeros(d + 2)
     mw = 0.0
@@ -214,16 +230,16 @@ def svrg_epoch(
     b_avg = 0.0
     eta_avg = 0.0
     n_avg = 0
-    n_batches = (n_draws + batch_size - 1) // batch_size
-    average_from = (n_batches // 2) * batch_size
-    for start in range(0, n_draws, batch_size):
-        stop = min(start + batch_size, n_draws)
+    n_steps = blocks.shape[0]
+    average_from = n_steps // 2
+    for step_index in range(n_steps):
+        start = blocks[step_index] * batch_size
+        stop = min(start + batch_size, n)
         inv_b = 1.0 / (stop - start)
         gw[:] = 0.0
         sum_delta = 0.0
         sum_eta = 0.0
-        for k in range(start, stop):
-            i = idx[k]
+        for i in range(start, stop):
             f = b_c - mw
             for j in range(d):
                 f += X[i, j] * w[j]
@@ -255,7 +271,7 @@ def svrg_epoch(
             acc_eta += precond[d + 1, l] * g[l]
         b_c -= step * acc_b
         eta -= step * acc_eta
-        if start >= average_from:
+        if step_index >= average_from:
             for j in range(d):
                 w_avg[j] += w[j]
             b_avg += b_c

@@ -62,8 +62,10 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         Maximum number of epochs (``"sgd"``) or iterations (``"lbfgs"``).
     tol : float, default=1e-6
         ``"sgd"``: stop when the Newton decrement at an epoch's snapshot (an estimate of the
-        suboptimality) is below ``tol * |objective|``, or after ``n_iter_no_change`` epochs
-        in a row whose relative decrease of the objective is below ``tol``.
+        suboptimality) is below ``tol * |objective|`` and the epoch lowered the objective
+        by less than ``100 * tol`` (relative), or when ``n_iter_no_change`` epochs in a row
+        lowered it by less than ``tol`` while the decrement is below
+        ``100 * tol * |objective|``.
         ``"lbfgs"``: tolerance on the largest component of the gradient in standardised
         coordinates, relative to ``max(1, |objective|)``.
     n_iter_no_change : int, default=5
