@@ -211,8 +211,7 @@ def _hessian(prob, a, e, sums, pi, rng):
     X, m, s = prob.X, prob.mean, prob.inv_scale
     d = X.shape[1]
     sum_a, sum_e, sum_k = sums
-    Xa = X.T @ a
-    Xe = X.T @ e
+    Xa, Xe = (X.T @ np.column_stack((a, e))).T  # one pass over X for both
     H = np.empty((d + 2, d + 2))
     H_vv = (
         _sketched_gram(X, a, pi, rng) - np.outer(m, Xa) - np.outer(Xa, m) + sum_a * np.outer(m, m)
@@ -291,16 +290,14 @@ def fit_sgd(
             b_new = state[0] - prob.mean @ w_new if prob.fit_intercept else 0.0
             with np.errstate(over="ignore", invalid="ignore"):
                 new = snapshot(prob, w_new, b_new, state[1])  # a diverged trial may overflow
+        better = False
         if new is not None and np.isfinite(new.objective):
-            new_cur = _Newton(prob, new, damping, rng)
             # below this, objective values differ by rounding only; then the Newton
             # decrement decides
             floor = 1e-14 * (abs(snap.objective) + abs(snap.eta) + prob.lam)
-            better = new.objective <= snap.objective or (
-                new.objective <= snap.objective + floor and new_cur.decrement < cur.decrement
-            )
-        else:
-            better = False
+            if new.objective <= snap.objective + floor:
+                new_cur = _Newton(prob, new, damping, rng)
+                better = new.objective <= snap.objective or new_cur.decrement < cur.decrement
         if not better:
             kappa *= 0.25
             damping = min(damping * 10.0, 1.0)
