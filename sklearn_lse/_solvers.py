@@ -319,6 +319,7 @@ def fit_sgd(
         snap, cur = new, new_cur
         kappa = min(kappa * 1.5, kappa_max)
         damping = max(damping / 3.0, _MIN_DAMPING)
+        cur.damp(damping)
         stall = stall + 1 if decrease < tol else 0
         if verbose:
             print(
