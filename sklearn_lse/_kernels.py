@@ -1,4 +1,5 @@
-"""Numba kernels: per-sample losses of linear models and the stochastic epoch of the relaxation.
+"""Numba kernels: per-sample losses of linear models, the stochastic epoch of the relaxation
+and the per-sample work around it (curvature weights, block sampling).
 
 The losses live here, next to the kernel that inlines them (Numba's cache does not notice
 edits to other files). Losses are integer codes with a scalar parameter, never objects.
@@ -181,14 +182,15 @@ def svrg_epoch(
     The epoch ends at the average of its iterates over the second half of the steps.
     The step is taken in standardised coordinates ``v = w / inv_scale`` (features centred at
     ``mean``), ``b_c = b + mean . w`` and ``eta``, preconditioned by the symmetric matrix
-    ``precond`` (the inverse Hessian of the objective at the snapshot, of size d + 2).
+    ``precond`` (the damped inverse Hessian of the objective at the snapshot, of size
+    d + 2).
 
     Parameters
     ----------
     X : ndarray of shape (n_samples, n_features), C order
     aux : ndarray of shape (n_samples, 4), C order
         Per sample: target, ``c_i dl_i`` and ``c_i`` at the snapshot, and the importance
-        weight ``p_i / pi_i`` (see :func:`pack_snapshot`).
+        weight of the row within its block (see :func:`pack_snapshot`).
     blocks : ndarray of int64 of shape (n_steps,)
         Mini-batches in the order they are used, as indices of blocks of contiguous rows
         (drawn with the probabilities of :func:`block_probabilities`): contiguous rows keep
