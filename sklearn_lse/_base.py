@@ -48,6 +48,21 @@ class DROLinearModel(BaseEstimator):
                 "with solver='sgd'."
             )
 
+    def _check_target_1d(self, y):
+        """Any 2-D y, a single column included, is refused: the model has one output per
+        sample, and reshaping the user's target silently would hide a mistake."""
+        if y is None:
+            return  # validate_data says that y is required
+        shape = getattr(y, "shape", None)
+        if shape is None:  # lists, and array-likes that only convert
+            shape = np.asarray(y).shape
+        if len(shape) != 1:
+            raise ValueError(
+                f"y must be 1-D, of shape (n_samples,); got shape {shape}. "
+                f"{type(self).__name__} fits a single target: pass y.ravel() for a column "
+                "vector, or use sklearn.multioutput for several targets."
+            )
+
     def _fit_linear(self, X, y, p, *, loss, eps):
         """Solve for (coef, intercept) on validated arrays; set the fitted attributes."""
         prob = Problem.build(

@@ -159,29 +159,37 @@ def fit_lbfgs(prob, w, b, *, max_iter, tol):
     return snapshot(prob, w, b), int(res.nit), res.status != 1
 
 
-def _gram(X, a, chunk=8192):
-    """``X^T diag(a) X`` in chunks of rows, so that no copy of X is made."""
-    out = np.zeros((X.shape[1], X.shape[1]))
+def _gram(X, a, vectors=(), *, gram=True, chunk=8192):
+    """``X^T diag(a) X`` (when ``gram``) and ``X^T v`` for each of ``vectors``, in one pass
+    over chunks of rows, so that no copy of X is made and each chunk is read from cache
+    for all products. Returns ``(gram or None, [X^T v, ...])``."""
+    d = X.shape[1]
+    out = np.zeros((d, d)) if gram else None
+    moments = np.zeros((d, len(vectors)))
     for start in range(0, X.shape[0], chunk):
-        Xc = X[start : start + chunk]
-        out += Xc.T @ (Xc * a[start : start + chunk, None])
-    return out
+        rows = slice(start, start + chunk)
+        Xc = X[rows]
+        if gram:
+            out += Xc.T @ (Xc * a[rows, None])
+        if vectors:
+            moments += Xc.T @ np.column_stack([v[rows] for v in vectors])
+    return out, list(moments.T)
 
 
-def _sketched_gram(X, a, pi, rng):
-    """``X^T diag(a) X``: exact for up to 32 features (it costs less than the stochastic
+def _sketched_gram(X, a, pi, rng, vectors=()):
+    """``X^T diag(a) X`` and ``X^T v`` for ``v`` in ``vectors`` (exact): the Gram matrix exact for up to 32 features (it costs less than the stochastic
     pass), otherwise estimated without bias from ``m = max(4 n / d, 100 (d + 2))`` rows
     drawn with probabilities ``pi`` (weights ``a_i / (m pi_i)``), which costs about four
     passes instead of d: the preconditioner needs the curvature's shape, not every digit."""
     n, d = X.shape
     m = max(4 * n // max(d, 1), 100 * (d + 2))
     if d <= 32 or m >= n:
-        return _gram(X, a)
+        return _gram(X, a, vectors)
     rows = np.empty(m, dtype=np.int64)
     systematic_draws(pi, rng.random(), rows)
     weights = a[rows] / (m * pi[rows])
     Xs = X[rows]
-    return Xs.T @ (Xs * weights[:, None])
+    return Xs.T @ (Xs * weights[:, None]), _gram(X, a, vectors, gram=False)[1]
 
 
 def least_squares_start(prob):
@@ -190,9 +198,10 @@ def least_squares_start(prob):
     for the Gram matrix, solved in standardised coordinates)."""
     X, p, m, s = prob.X, prob.p, prob.mean, prob.inv_scale
     y_mean = p @ prob.y if prob.fit_intercept else 0.0
-    gram = _gram(X, p) - (np.outer(m, m) if prob.fit_intercept else 0.0)
+    gram, (moment,) = _gram(X, p, [p * (prob.y - y_mean)])
+    gram -= np.outer(m, m) if prob.fit_intercept else 0.0
     A = s[:, None] * gram * s[None, :] + np.diag(0.5 * prob.alpha * s * s)
-    rhs = s * (X.T @ (p * (prob.y - y_mean)))
+    rhs = s * moment
     ev, V = np.linalg.eigh(A)
     keep = ev > 1e-12 * max(ev.max(), 1e-300)
     v = V[:, keep] @ ((V[:, keep].T @ rhs) / ev[keep])
@@ -211,11 +220,9 @@ def _hessian(prob, a, e, sums, pi, rng):
     X, m, s = prob.X, prob.mean, prob.inv_scale
     d = X.shape[1]
     sum_a, sum_e, sum_k = sums
-    Xa, Xe = (X.T @ np.column_stack((a, e))).T  # one pass over X for both
+    gram, (Xa, Xe) = _sketched_gram(X, a, pi, rng, (a, e))
     H = np.empty((d + 2, d + 2))
-    H_vv = (
-        _sketched_gram(X, a, pi, rng) - np.outer(m, Xa) - np.outer(Xa, m) + sum_a * np.outer(m, m)
-    )
+    H_vv = gram - np.outer(m, Xa) - np.outer(Xa, m) + sum_a * np.outer(m, m)
     H[:d, :d] = s[:, None] * H_vv * s[None, :] + np.diag(prob.alpha * s * s)
     H[:d, d] = H[d, :d] = s * (Xa - m * sum_a)
     H[:d, d + 1] = H[d + 1, :d] = s * (Xe - m * sum_e)

@@ -190,6 +190,7 @@ class DRORegressor(RegressorMixin, DROLinearModel):
             Fitted estimator.
         """
         self._check_solver_params()
+        self._check_target_1d(y)
         X, y = validate_data(
             self, X, y, dtype=np.float64, order="C", y_numeric=True, multi_output=False
         )
@@ -224,6 +225,7 @@ class DRORegressor(RegressorMixin, DROLinearModel):
 
     def _losses(self, X, y):
         X = self._validate_for_predict(X)
+        self._check_target_1d(y)
         y = np.asarray(y, dtype=np.float64)
         if y.shape != (X.shape[0],):
             raise ValueError(f"y must have shape ({X.shape[0]},) to match X, got {y.shape}.")
