@@ -14,7 +14,6 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import risk
-from ._kernels import LOSS_CODES
 from ._solvers import Problem, fit_lbfgs, fit_sgd, warn_not_converged
 
 __all__ = ["DROLinearModel", "Interval", "StrOptions", "_fit_context"]
@@ -63,13 +62,15 @@ class DROLinearModel(BaseEstimator):
                 "vector, or use sklearn.multioutput for several targets."
             )
 
-    def _fit_linear(self, X, y, p, *, loss, eps):
-        """Solve for (coef, intercept) on validated arrays; set the fitted attributes."""
+    def _fit_linear(self, X, y, p, *, loss, eps, n_outputs=1):
+        """Solve for (W, b) of shapes (d, K) and (K,) on validated arrays; returns the
+        final snapshot and the number of iterations."""
         prob = Problem.build(
             X,
             y,
             p,
-            loss=LOSS_CODES[loss],
+            n_outputs=n_outputs,
+            loss=loss,
             eps=eps,
             lam=float(self.lam),
             rho=float(self.rho),
@@ -92,7 +93,7 @@ class DROLinearModel(BaseEstimator):
                 learning_rate=self.learning_rate,
                 verbose=self.verbose,
             )
-        if not (np.all(np.isfinite(snap.w)) and np.isfinite(snap.b)):
+        if not (np.all(np.isfinite(snap.w)) and np.all(np.isfinite(snap.b))):
             raise FloatingPointError(
                 "The solver produced non-finite coefficients; the estimator was left "
                 "unchanged. Scale the features, or try solver='lbfgs'."
@@ -109,9 +110,11 @@ class DROLinearModel(BaseEstimator):
 
     def _initial_point(self, prob):
         if self.warm_start and hasattr(self, "coef_"):
-            return np.array(self.coef_, dtype=np.float64).ravel(), float(
-                np.ravel(self.intercept_)[0]
-            )
+            d = prob.X.shape[1]
+            w = np.array(self.coef_, dtype=np.float64).reshape(-1, d).T.copy()
+            b = np.array(self.intercept_, dtype=np.float64).reshape(-1)
+            if w.shape[1] == prob.n_outputs:  # else the classes changed: start afresh
+                return w, b
         return self._cold_start(prob)
 
     def _losses(self, X, y):

@@ -21,6 +21,7 @@ SQUARED_ERROR = 0
 HUBER = 1
 ABSOLUTE_ERROR = 2
 LOG_LOSS = 3
+MULTINOMIAL = 4  # K outputs; every other loss has one
 
 LOSS_CODES = {
     "squared_error": SQUARED_ERROR,
@@ -61,37 +62,92 @@ def loss_and_derivatives(code, f, y, eps):
 
 
 @njit(**_NJIT)
-def pointwise_losses(code, pred, y, eps, loss, grad, hess):
-    """Fill the per-sample losses and their derivatives for the predictions ``pred``."""
-    for i in range(pred.shape[0]):
-        loss[i], grad[i], hess[i] = loss_and_derivatives(code, pred[i], y[i], eps)
+def multinomial_loss(f, y, grad):
+    """Cross-entropy ``logsumexp(f) - f[y]`` of the scores ``f`` (K classes) for the class
+    index ``y``; writes its gradient ``softmax(f) - e_y`` to ``grad``. (The Hessian,
+    ``diag(s) - s s^T`` with ``s = softmax(f)``, follows from the gradient.)"""
+    top = f[0]
+    for k in range(1, f.shape[0]):
+        top = max(top, f[k])
+    total = 0.0
+    for k in range(f.shape[0]):
+        grad[k] = math.exp(f[k] - top)
+        total += grad[k]
+    for k in range(f.shape[0]):
+        grad[k] /= total
+    grad[y] -= 1.0
+    return max(top + math.log(total) - f[y], 0.0)
 
 
 @njit(**_NJIT)
-def curvature_weights(p, c, dl, ddl, lam, rho, a, e, pk, pi):
+def pointwise_losses(code, pred, y, eps, loss, grad, hess):
+    """Fill the per-sample losses and their derivatives for the predictions ``pred`` of
+    shape (n, K). ``grad`` (n, K) gets the gradient in the prediction; ``hess`` (n, K) the
+    second derivative for the one-output losses, and the class probabilities ``s`` for
+    ``MULTINOMIAL`` (whose Hessian is ``diag(s) - s s^T``)."""
+    for i in range(pred.shape[0]):
+        if code == MULTINOMIAL:
+            label = int(y[i])
+            loss[i] = multinomial_loss(pred[i], label, grad[i])
+            hess[i, :] = grad[i, :]
+            hess[i, label] += 1.0
+        else:
+            loss[i], grad[i, 0], hess[i, 0] = loss_and_derivatives(code, pred[i, 0], y[i], eps)
+
+
+@njit(**_NJIT)
+def curvature_matrix(code, p, c, dl, ddl, lam, rho, out):
+    """Per-sample curvature coefficients ``A_i = p_i (c_i M_i + k_i g_i g_i^T)`` (K x K),
+    written to ``out`` of shape (n, K, K), where ``g_i`` is the gradient of the loss in the
+    prediction, ``M_i`` its Hessian and ``k_i = c_i (1 - rho c_i) / lam`` the curvature of
+    the softplus: the Hessian of the objective in the coefficients is
+    ``sum_i (x_i, 1)(x_i, 1)^T kron A_i``."""
+    K = dl.shape[1]
+    for i in range(p.shape[0]):
+        k = c[i] * (1.0 - rho * c[i]) / lam
+        for a in range(K):
+            for b in range(K):
+                if code == MULTINOMIAL:
+                    m = (ddl[i, a] if a == b else 0.0) - ddl[i, a] * ddl[i, b]
+                else:
+                    m = ddl[i, a]  # one output
+                out[i, a, b] = p[i] * (c[i] * m + k * dl[i, a] * dl[i, b])
+
+
+@njit(**_NJIT)
+def curvature_weights(code, p, c, dl, ddl, lam, rho, a, e, pk, pi):
     """Per-sample curvature of the relaxed objective at a snapshot, and the importance
     sampling that goes with it, in one pass.
 
-    One sample's Hessian is ``c_i l''_i grad f grad f^T + k_i grad u grad u^T`` with
-    ``u_i = l_i - eta`` and ``k_i = c_i (1 - rho c_i) / lam`` the curvature of the
-    softplus. Writes the p-weighted coefficients of ``(x_i, 1)(x_i, 1)^T``
-    (``a_i = p_i (c_i l''_i + k_i l'_i^2)``), of the cross term with eta
-    (``e_i = -p_i k_i l'_i``) and of the eta-eta term (``pk_i = p_i k_i``), and to ``pi``
-    the sampling probabilities ``pi_i = p_i / 2 + a_i / (4 sum a) +
-    pk_i / (4 sum pk)`` (half the empirical distribution, half by curvature), so that
-    ``p_i / pi_i <= 4 (sum a) / a_i`` bounds each drawn sample's weighted curvature, and
-    returns ``(sum a, sum e, sum pk)``; :func:`pack_snapshot` turns pi into ratios.
+    One sample's Hessian is ``c_i (grad f)^T M_i grad f + k_i grad u grad u^T`` with
+    ``M_i`` the Hessian of the loss in the prediction, ``u_i = l_i - eta`` and
+    ``k_i = c_i (1 - rho c_i) / lam`` the curvature of the softplus. Writes the p-weighted
+    size of the coefficient of ``(x_i, 1)(x_i, 1)^T`` (``a_i = p_i (c_i tr M_i +
+    k_i |l'_i|^2)``), the cross terms with eta (``e_i = -p_i k_i l'_i``, shape (n, K)) and
+    the eta-eta term (``pk_i = p_i k_i``), and to ``pi`` the sampling probabilities
+    ``pi_i = p_i / 2 + a_i / (4 sum a) + pk_i / (4 sum pk)`` (half the empirical
+    distribution, half by curvature), so that ``p_i / pi_i <= 4 (sum a) / a_i`` bounds each
+    drawn sample's weighted curvature; returns ``(sum a, sum pk)``. The one-output
+    losses have ``M_i = l''_i``; ``MULTINOMIAL`` has ``M_i = diag(s) - s s^T``, with the
+    class probabilities ``s`` in ``ddl``.
     """
     sa = 0.0
-    se = 0.0
     sk = 0.0
+    K = dl.shape[1]
     for i in range(p.shape[0]):
         k = c[i] * (1.0 - rho * c[i]) / lam
-        a[i] = p[i] * (c[i] * ddl[i] + k * dl[i] * dl[i])
-        e[i] = -p[i] * k * dl[i]
+        trace = 0.0
+        grad2 = 0.0
+        for j in range(K):
+            if code == MULTINOMIAL:
+                trace += ddl[i, j] * (1.0 - ddl[i, j])
+            else:
+                trace += ddl[i, j]
+            grad2 += dl[i, j] * dl[i, j]
+            e[i, j] = -p[i] * k * dl[i, j]
+        a[i] = p[i] * (c[i] * trace + k * grad2)
         pk[i] = p[i] * k
         sa += a[i]
-        se += e[i]
         sk += pk[i]
     wa = 0.25 / sa if sa > 0.0 else 0.0
     wk = 0.25 / sk if sk > 0.0 else 0.0
@@ -101,7 +157,7 @@ def curvature_weights(p, c, dl, ddl, lam, rho, a, e, pk, pi):
         total += pi[i]
     for i in range(p.shape[0]):
         pi[i] /= total
-    return sa, se, sk
+    return sa, sk
 
 
 @njit(**_NJIT)
@@ -116,18 +172,20 @@ def block_probabilities(pi, block_size, out):
 @njit(**_NJIT)
 def pack_snapshot(p, block_pi, block_size, c, dl, aux):
     """Write the per-sample snapshot data the stochastic epoch reads next to the target
-    (``aux[:, 0]``), so that one sample costs one cache line: ``aux[:, 1]`` the gradient
-    factor ``c_i l'_i``, ``aux[:, 2]`` the weight factor ``c_i``, ``aux[:, 3]`` the
-    importance weight ``|block| p_i / pi_block`` of the row within its block of rows
-    (0 where the block is never drawn), so that the block's mean of weighted gradients is
-    an unbiased estimate of the full gradient."""
+    (``aux[:, 0]``), so that one sample costs one cache line: ``aux[:, 1]`` the weight
+    factor ``c_i``, ``aux[:, 2]`` the importance weight ``|block| p_i / pi_block`` of the
+    row within its block of rows (0 where the block is never drawn), so that the block's
+    mean of weighted gradients is an unbiased estimate of the full gradient, and
+    ``aux[:, 3:]`` the gradient factors ``c_i l'_i`` (one per output)."""
     n = p.shape[0]
+    K = dl.shape[1]
     for i in range(n):
         b = i // block_size
         size = min(block_size, n - b * block_size)
-        aux[i, 1] = c[i] * dl[i]
-        aux[i, 2] = c[i]
-        aux[i, 3] = size * p[i] / block_pi[b] if block_pi[b] > 0.0 else 0.0
+        aux[i, 1] = c[i]
+        aux[i, 2] = size * p[i] / block_pi[b] if block_pi[b] > 0.0 else 0.0
+        for k in range(K):
+            aux[i, 3 + k] = c[i] * dl[i, k]
 
 
 @njit(**_NJIT)
@@ -172,25 +230,27 @@ def svrg_epoch(
 ):
     """One epoch of preconditioned, variance-reduced SGD on the relaxed objective, in place.
 
-    The objective is ``G(w, b, eta) + alpha/2 ||w||^2`` with
+    The model has K outputs ``f(x) = x W + b`` (K = 1 except for the multinomial loss).
+    The objective is ``G(W, b, eta) + alpha/2 ||W||^2`` with
     ``G = eta - lam + (lam/rho) sum_i p_i softplus((l_i - eta)/lam + log rho)``.
-    One sample's gradient is ``c_i dl_i (x_i, 1)`` in ``(w, b)`` and ``1 - c_i`` in ``eta``,
+    One sample's gradient is ``c_i (x_i, 1) l'_i^T`` in ``(W, b)`` and ``1 - c_i`` in ``eta``,
     with ``c_i = sigmoid(z_i)/rho``. The control variate is the same sample's gradient at the
-    snapshot (``aux[i, 1] = c_i dl_i``, ``aux[i, 2] = c_i``) plus the snapshot's full
+    snapshot (``aux[i, 1] = c_i``, ``aux[i, 3:] = c_i l'_i``) plus the snapshot's full
     gradient ``mu``, so the estimate stays unbiased and its variance vanishes at the optimum.
 
     The epoch ends at the average of its iterates over the second half of the steps.
-    The step is taken in standardised coordinates ``v = w / inv_scale`` (features centred at
-    ``mean``), ``b_c = b + mean . w`` and ``eta``, preconditioned by the symmetric matrix
-    ``precond`` (the damped inverse Hessian of the objective at the snapshot, of size
-    d + 2).
+    The step is taken in standardised coordinates ``V = W / inv_scale`` (features centred at
+    ``mean``), ``b_c = b + mean W`` and ``eta``, flattened as ``(V[0, :], ..., V[d-1, :],
+    b_c, eta)``, preconditioned by the symmetric matrix ``precond`` (the damped inverse
+    Hessian of the objective at the snapshot, of size ``(d + 1) K + 1``).
 
     Parameters
     ----------
     X : ndarray of shape (n_samples, n_features), C order
-    aux : ndarray of shape (n_samples, 4), C order
-        Per sample: target, ``c_i dl_i`` and ``c_i`` at the snapshot, and the importance
-        weight of the row within its block (see :func:`pack_snapshot`).
+    aux : ndarray of shape (n_samples, 3 + K), C order
+        Per sample: target (the class index for the multinomial loss), ``c_i``, the
+        importance weight of the row within its block (see :func:`pack_snapshot`) and
+        ``c_i l'_i`` at the snapshot.
     blocks : ndarray of int64 of shape (n_steps,)
         Mini-batches in the order they are used, as indices of blocks of contiguous rows
         (drawn with the probabilities of :func:`block_probabilities`): contiguous rows keep
@@ -201,35 +261,42 @@ def svrg_epoch(
         Loss code.
     hyper : ndarray of shape (5,)
         ``(lam, rho, alpha, eps, step)``.
-    w : ndarray of shape (n_features,)
+    w : ndarray of shape (n_features, K)
         Coefficients, replaced in place by the epoch's averaged iterate.
-    state : ndarray of shape (2,)
+    state : ndarray of shape (K + 1,)
         ``(b_c, eta)``, replaced in place likewise.
     mean, inv_scale : ndarray of shape (n_features,)
-    precond : ndarray of shape (n_features + 2, n_features + 2)
-    mu : ndarray of shape (n_features + 2,)
-        Full gradient at the snapshot in the standardised coordinates ``(v, b_c, eta)``,
-        without the penalty (which is added exactly at every step).
+    precond : ndarray of shape ((n_features + 1) K + 1, (n_features + 1) K + 1)
+    mu : ndarray of shape ((n_features + 1) K + 1,)
+        Full gradient at the snapshot in the standardised coordinates, without the penalty
+        (which is added exactly at every step).
 
     Returns
     -------
     ok : bool
-        False when a prediction stopped being finite (the caller restores the snapshot).
+        False when a loss stopped being finite (the caller restores the snapshot).
     """
     lam, rho, alpha, eps, step = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
     log_rho = math.log(rho)
     n, d = X.shape
-    gw = np.zeros(d)
-    g = np.zeros(d + 2)
-    mw = 0.0
+    K = w.shape[1]
+    dim = (d + 1) * K + 1
+    gw = np.zeros((d, K))
+    g = np.zeros(dim)
+    f = np.empty(K)
+    dl = np.empty(K)
+    delta = np.empty(K)
+    sum_delta = np.empty(K)
+    mw = np.zeros(K)
     for j in range(d):
-        mw += mean[j] * w[j]
-    b_c = state[0]
-    eta = state[1]
+        for k in range(K):
+            mw[k] += mean[j] * w[j, k]
+    b_c = state[:K].copy()
+    eta = state[K]
     # the epoch returns the average of the iterates over its second half, which cancels
     # most of the noise of the last iterate
-    w_avg = np.zeros(d)
-    b_avg = 0.0
+    w_avg = np.zeros((d, K))
+    b_avg = np.zeros(K)
     eta_avg = 0.0
     n_avg = 0
     n_steps = blocks.shape[0]
@@ -239,48 +306,70 @@ def svrg_epoch(
         stop = min(start + batch_size, n)
         inv_b = 1.0 / (stop - start)
         gw[:] = 0.0
-        sum_delta = 0.0
+        sum_delta[:] = 0.0
         sum_eta = 0.0
         for i in range(start, stop):
-            f = b_c - mw
+            for k in range(K):
+                f[k] = b_c[k] - mw[k]
             for j in range(d):
-                f += X[i, j] * w[j]
-            if not math.isfinite(f):
+                x = X[i, j]
+                for k in range(K):
+                    f[k] += x * w[j, k]
+            if code == MULTINOMIAL:
+                loss = multinomial_loss(f, int(aux[i, 0]), dl)
+            else:
+                loss, dl[0], _ = loss_and_derivatives(code, f[0], aux[i, 0], eps)
+            if not math.isfinite(loss):
                 return False
-            loss, dl, _ = loss_and_derivatives(code, f, aux[i, 0], eps)
             c = sigmoid((loss - eta) / lam + log_rho) / rho
-            r = aux[i, 3]
-            delta = r * (c * dl - aux[i, 1])
+            r = aux[i, 2]
+            for k in range(K):
+                delta[k] = r * (c * dl[k] - aux[i, 3 + k])
+                sum_delta[k] += delta[k]
             for j in range(d):
-                gw[j] += delta * X[i, j]
-            sum_delta += delta
-            sum_eta += r * (aux[i, 2] - c)
+                x = X[i, j]
+                for k in range(K):
+                    gw[j, k] += delta[k] * x
+            sum_eta += r * (aux[i, 1] - c)
         for j in range(d):
-            g[j] = inv_scale[j] * ((gw[j] - mean[j] * sum_delta) * inv_b + alpha * w[j]) + mu[j]
-        g[d] = sum_delta * inv_b + mu[d]
-        g[d + 1] = sum_eta * inv_b + mu[d + 1]
-        mw = 0.0
+            for k in range(K):
+                g[j * K + k] = (
+                    inv_scale[j] * ((gw[j, k] - mean[j] * sum_delta[k]) * inv_b + alpha * w[j, k])
+                    + mu[j * K + k]
+                )
+        for k in range(K):
+            g[d * K + k] = sum_delta[k] * inv_b + mu[d * K + k]
+        g[dim - 1] = sum_eta * inv_b + mu[dim - 1]
+        mw[:] = 0.0
         for j in range(d):
+            for k in range(K):
+                row = j * K + k
+                acc = 0.0
+                for m in range(dim):
+                    acc += precond[row, m] * g[m]
+                w[j, k] -= step * inv_scale[j] * acc
+                mw[k] += mean[j] * w[j, k]
+        for k in range(K):
             acc = 0.0
-            for l in range(d + 2):
-                acc += precond[j, l] * g[l]
-            w[j] -= step * inv_scale[j] * acc
-            mw += mean[j] * w[j]
-        acc_b = 0.0
-        acc_eta = 0.0
-        for l in range(d + 2):
-            acc_b += precond[d, l] * g[l]
-            acc_eta += precond[d + 1, l] * g[l]
-        b_c -= step * acc_b
-        eta -= step * acc_eta
+            for m in range(dim):
+                acc += precond[d * K + k, m] * g[m]
+            b_c[k] -= step * acc
+        acc = 0.0
+        for m in range(dim):
+            acc += precond[dim - 1, m] * g[m]
+        eta -= step * acc
         if step_index >= average_from:
             for j in range(d):
-                w_avg[j] += w[j]
-            b_avg += b_c
+                for k in range(K):
+                    w_avg[j, k] += w[j, k]
+            for k in range(K):
+                b_avg[k] += b_c[k]
             eta_avg += eta
             n_avg += 1
     for j in range(d):
-        w[j] = w_avg[j] / n_avg
-    state[0] = b_avg / n_avg
-    state[1] = eta_avg / n_avg
+        for k in range(K):
+            w[j, k] = w_avg[j, k] / n_avg
+    for k in range(K):
+        state[k] = b_avg[k] / n_avg
+    state[K] = eta_avg / n_avg
     return True

@@ -1,8 +1,9 @@
 """Solver drivers: full-batch L-BFGS and variance-reduced SGD on the KL-DRO objective.
 
-Both minimise, over a linear model ``f(x) = x . w + b``,
+Both minimise, over a linear model with K outputs ``f(x) = x W + b`` (W of shape (d, K);
+K = 1 except for the multinomial loss),
 
-    J(w, b) = R(losses(w, b)) + alpha/2 ||w||^2
+    J(W, b) = R(losses(W, b)) + alpha/2 ||W||^2
 
 where ``R`` is the relaxed KL-DRO risk of :mod:`sklearn_lse.risk` (the exact one when
 ``rho == 0``, L-BFGS only). The drivers are plain Python loops over epochs; the per-sample
@@ -20,6 +21,7 @@ from sklearn.exceptions import ConvergenceWarning
 from . import risk
 from ._kernels import (
     block_probabilities,
+    curvature_matrix,
     curvature_weights,
     pack_snapshot,
     pointwise_losses,
@@ -37,8 +39,9 @@ class Problem:
     """
 
     X: np.ndarray
-    y: np.ndarray
+    y: np.ndarray  # targets; class indices (as floats) for the multinomial loss
     p: np.ndarray
+    n_outputs: int
     loss: int
     eps: float
     lam: float
@@ -49,7 +52,7 @@ class Problem:
     inv_scale: np.ndarray
 
     @classmethod
-    def build(cls, X, y, p, *, loss, eps, lam, rho, alpha, fit_intercept):
+    def build(cls, X, y, p, *, n_outputs, loss, eps, lam, rho, alpha, fit_intercept):
         second_moment = np.einsum("ij,ij,i->j", X, X, p)  # no temporary copy of X
         if fit_intercept:
             mean = X.T @ p
@@ -59,28 +62,36 @@ class Problem:
             var = second_moment
         scale = np.sqrt(var)
         inv_scale = np.where(scale > 1e-12 * (1.0 + np.abs(mean)), 1.0 / scale, 1.0)
-        return cls(X, y, p, loss, eps, lam, rho, alpha, fit_intercept, mean, inv_scale)
+        return cls(
+            X, y, p, n_outputs, loss, eps, lam, rho, alpha, fit_intercept, mean, inv_scale
+        )
+
+    @property
+    def dim(self):
+        """Number of variables of the joint objective: (d + 1) K + 1 (W, b and eta)."""
+        return (self.X.shape[1] + 1) * self.n_outputs + 1
 
 
 @dataclass
 class Snapshot:
-    """Everything a full pass over the data gives at one point (w, b)."""
+    """Everything a full pass over the data gives at one point (W, b)."""
 
-    w: np.ndarray
-    b: float
+    w: np.ndarray  # (d, K)
+    b: np.ndarray  # (K,)
     objective: float
     eta: float
-    dl: np.ndarray  # derivative of each loss in the prediction
-    ddl: np.ndarray  # second derivative
+    dl: np.ndarray  # (n, K) gradient of each loss in the prediction
+    ddl: np.ndarray  # (n, K) second derivative (class probabilities for the multinomial)
     c: np.ndarray  # gradient factors: worst-case weights are p * c
-    grad_w: np.ndarray
-    grad_b: float
+    grad_w: np.ndarray  # (d, K)
+    grad_b: np.ndarray  # (K,)
 
 
 def losses_of(X, y, w, b, loss_code, eps):
-    """Per-sample losses and their first and second derivatives in the prediction."""
+    """Per-sample losses and their derivatives in the prediction (see
+    :func:`~sklearn_lse._kernels.pointwise_losses`); ``w`` of shape (d, K), ``b`` (K,)."""
     pred = X @ w + b
-    loss = np.empty_like(pred)
+    loss = np.empty(pred.shape[0])
     dl = np.empty_like(pred)
     ddl = np.empty_like(pred)
     pointwise_losses(loss_code, pred, y, eps, loss, dl, ddl)
@@ -100,33 +111,37 @@ def snapshot(prob, w, b, eta_guess=np.nan):
         risk.exact_weights(loss, prob.p, prob.lam, c)
         np.divide(c, prob.p, out=c, where=prob.p > 0)
         eta = value
-    gd = prob.p * c * dl
+    gd = (prob.p * c)[:, None] * dl
     grad_w = prob.X.T @ gd + prob.alpha * w
-    objective = value + 0.5 * prob.alpha * float(w @ w)
-    return Snapshot(w, b, objective, eta, dl, ddl, c, grad_w, float(gd.sum()))
+    objective = value + 0.5 * prob.alpha * float(np.sum(w * w))
+    return Snapshot(w, b, objective, eta, dl, ddl, c, grad_w, gd.sum(axis=0))
 
 
 def standardised_gradient(prob, snap):
     """Full gradient of the objective at the snapshot in the standardised coordinates
-    ``(v, b_c, eta)`` of the solvers: ``v = w / inv_scale``, ``b_c = b + mean . w``.
-    The eta component is zero when eta is optimal (it always is at a snapshot)."""
-    d = prob.X.shape[1]
-    g = np.empty(d + 2)
-    g[:d] = prob.inv_scale * (snap.grad_w - prob.mean * snap.grad_b)
-    g[d] = snap.grad_b if prob.fit_intercept else 0.0
-    g[d + 1] = 1.0 - prob.p @ snap.c
+    ``(V, b_c, eta)`` of the solvers, flattened row by row: ``V = W / inv_scale``,
+    ``b_c = b + mean W``. The eta component is zero when eta is optimal (it always is at a
+    snapshot)."""
+    m, s = prob.mean[:, None], prob.inv_scale[:, None]
+    g = np.empty(prob.dim)
+    g[:-1] = np.vstack((s * (snap.grad_w - m * snap.grad_b), snap.grad_b)).ravel()
+    if not prob.fit_intercept:
+        g[-1 - prob.n_outputs : -1] = 0.0
+    g[-1] = 1.0 - prob.p @ snap.c
     return g
 
 
-def _split(prob, u):
-    """From standardised coordinates (v, b_c) to the model (w, b)."""
-    w = u[:-1] * prob.inv_scale
-    b = u[-1] - prob.mean @ w if prob.fit_intercept else 0.0
+def _to_model(prob, u):
+    """From flattened standardised coordinates ``(V, b_c)`` to the model (W, b)."""
+    u = u.reshape(-1, prob.n_outputs)
+    w = u[:-1] * prob.inv_scale[:, None]
+    b = u[-1] - prob.mean @ w if prob.fit_intercept else np.zeros(prob.n_outputs)
     return w, b
 
 
-def _join(prob, w, b):
-    return np.append(w / prob.inv_scale, b + prob.mean @ w if prob.fit_intercept else 0.0)
+def _to_standard(prob, w, b):
+    b_c = b + prob.mean @ w if prob.fit_intercept else np.zeros(prob.n_outputs)
+    return np.vstack((w / prob.inv_scale[:, None], b_c)).ravel()
 
 
 def fit_lbfgs(prob, w, b, *, max_iter, tol):
@@ -136,14 +151,14 @@ def fit_lbfgs(prob, w, b, *, max_iter, tol):
     """
 
     def fun(u):
-        w, b = _split(prob, u)
+        w, b = _to_model(prob, u)
         s = snapshot(prob, w, b)
         return s.objective, standardised_gradient(prob, s)[:-1]
 
     scale = max(1.0, abs(snapshot(prob, w, b).objective))
     res = minimize(
         fun,
-        _join(prob, w, b),
+        _to_standard(prob, w, b),
         jac=True,
         method="L-BFGS-B",
         options={
@@ -154,42 +169,23 @@ def fit_lbfgs(prob, w, b, *, max_iter, tol):
             "maxcor": 20,
         },
     )
-    w, b = _split(prob, res.x)
+    w, b = _to_model(prob, res.x)
     # status 2 is a line search that cannot improve at machine precision: converged
     return snapshot(prob, w, b), int(res.nit), res.status != 1
 
 
-def _gram(X, a, vectors=(), *, gram=True, chunk=8192):
-    """``X^T diag(a) X`` (when ``gram``) and ``X^T v`` for each of ``vectors``, in one pass
-    over chunks of rows, so that no copy of X is made and each chunk is read from cache
-    for all products. Returns ``(gram or None, [X^T v, ...])``."""
+def _gram(X, a, v, chunk=8192):
+    """``X^T diag(a) X`` and ``X^T v`` in one pass over chunks of rows (each chunk is read
+    from cache for both products, and no copy of X is made)."""
     d = X.shape[1]
-    out = np.zeros((d, d)) if gram else None
-    moments = np.zeros((d, len(vectors)))
+    gram = np.zeros((d, d))
+    moment = np.zeros(d)
     for start in range(0, X.shape[0], chunk):
         rows = slice(start, start + chunk)
         Xc = X[rows]
-        if gram:
-            out += Xc.T @ (Xc * a[rows, None])
-        if vectors:
-            moments += Xc.T @ np.column_stack([v[rows] for v in vectors])
-    return out, list(moments.T)
-
-
-def _sketched_gram(X, a, pi, rng, vectors=()):
-    """``X^T diag(a) X`` and ``X^T v`` for ``v`` in ``vectors`` (exact): the Gram matrix exact for up to 32 features (it costs less than the stochastic
-    pass), otherwise estimated without bias from ``m = max(4 n / d, 100 (d + 2))`` rows
-    drawn with probabilities ``pi`` (weights ``a_i / (m pi_i)``), which costs about four
-    passes instead of d: the preconditioner needs the curvature's shape, not every digit."""
-    n, d = X.shape
-    m = max(4 * n // max(d, 1), 100 * (d + 2))
-    if d <= 32 or m >= n:
-        return _gram(X, a, vectors)
-    rows = np.empty(m, dtype=np.int64)
-    systematic_draws(pi, rng.random(), rows)
-    weights = a[rows] / (m * pi[rows])
-    Xs = X[rows]
-    return Xs.T @ (Xs * weights[:, None]), _gram(X, a, vectors, gram=False)[1]
+        gram += Xc.T @ (Xc * a[rows, None])
+        moment += Xc.T @ v[rows]
+    return gram, moment
 
 
 def least_squares_start(prob):
@@ -198,7 +194,7 @@ def least_squares_start(prob):
     for the Gram matrix, solved in standardised coordinates)."""
     X, p, m, s = prob.X, prob.p, prob.mean, prob.inv_scale
     y_mean = p @ prob.y if prob.fit_intercept else 0.0
-    gram, (moment,) = _gram(X, p, [p * (prob.y - y_mean)])
+    gram, moment = _gram(X, p, p * (prob.y - y_mean))
     gram -= np.outer(m, m) if prob.fit_intercept else 0.0
     A = s[:, None] * gram * s[None, :] + np.diag(0.5 * prob.alpha * s * s)
     rhs = s * moment
@@ -206,32 +202,74 @@ def least_squares_start(prob):
     keep = ev > 1e-12 * max(ev.max(), 1e-300)
     v = V[:, keep] @ ((V[:, keep].T @ rhs) / ev[keep])
     w = s * v
-    return w, (y_mean - m @ w if prob.fit_intercept else 0.0)
+    return w[:, None], np.array([y_mean - m @ w if prob.fit_intercept else 0.0])
 
 
-def _hessian(prob, a, e, sums, pi, rng):
+def _standardised_rows(prob, rows):
+    """The rows ``(s * (x_i - mean), 1)`` of the design in the solvers' coordinates."""
+    Xc = prob.X[rows]
+    Z = np.empty((Xc.shape[0], Xc.shape[1] + 1))
+    np.subtract(Xc, prob.mean, out=Z[:, :-1])
+    Z[:, :-1] *= prob.inv_scale
+    Z[:, -1] = 1.0
+    return Z
+
+
+def _hessian(prob, snap, e, sum_pk, pi, rng):
     """Hessian of the objective at a snapshot, in the standardised coordinates
-    ``(v, b_c, eta)`` with ``v = w / inv_scale`` and features centred at ``mean``, from the
-    per-sample curvature coefficients of :func:`curvature_weights`.
+    ``(V, b_c, eta)`` (``V = W / inv_scale``, features centred at ``mean``, flattened row
+    by row), from the per-sample curvature ``A_i`` of
+    :func:`~sklearn_lse._kernels.curvature_matrix`: the (W, b) block is
+    ``sum_i z_i z_i^T kron A_i`` with ``z_i = (s * (x_i - mean), 1)``, the cross terms with
+    eta are ``sum_i z_i kron e_i``, the eta-eta term ``sum_pk``.
 
-    Its (damped) inverse preconditions the stochastic steps: the method is then affine
-    invariant in the features, and the step that suits one problem suits them all.
+    The (W, b) block is exact when it costs about as much as the stochastic pass (up to 32
+    coefficients); beyond, it is estimated without bias from
+    ``m = max(4 n / D, 100 (D + 1))`` rows (D the number of variables) drawn with the
+    probabilities ``pi`` (weights ``1 / (m pi_i)``): the preconditioner needs the
+    curvature's shape, not every digit. Its (damped) inverse preconditions the stochastic
+    steps: the method is then affine invariant in the features, and the step that suits
+    one problem suits them all.
     """
-    X, m, s = prob.X, prob.mean, prob.inv_scale
-    d = X.shape[1]
-    sum_a, sum_e, sum_k = sums
-    gram, (Xa, Xe) = _sketched_gram(X, a, pi, rng, (a, e))
-    H = np.empty((d + 2, d + 2))
-    H_vv = gram - np.outer(m, Xa) - np.outer(Xa, m) + sum_a * np.outer(m, m)
-    H[:d, :d] = s[:, None] * H_vv * s[None, :] + np.diag(prob.alpha * s * s)
-    H[:d, d] = H[d, :d] = s * (Xa - m * sum_a)
-    H[:d, d + 1] = H[d + 1, :d] = s * (Xe - m * sum_e)
-    H[d, d] = sum_a
-    H[d, d + 1] = H[d + 1, d] = sum_e
-    H[d + 1, d + 1] = sum_k
+    n, d = prob.X.shape
+    K = prob.n_outputs
+    dim = prob.dim
+    H = np.zeros((dim, dim))
+    m = max(4 * n // (dim - 1), 100 * dim)
+    if d * K <= 32 or m >= n:
+        sample, weights = np.arange(n), None
+    else:
+        sample = np.empty(m, dtype=np.int64)
+        systematic_draws(pi, rng.random(), sample)
+        weights = 1.0 / (m * pi[sample])
+    chunk = int(min(8192, max(64, 2**21 // ((d + 1) * K * K))))
+    for start in range(0, sample.shape[0], chunk):
+        rows = slice(start, start + chunk) if weights is None else sample[start : start + chunk]
+        Z = _standardised_rows(prob, rows)
+        A = np.empty((Z.shape[0], K, K))
+        curvature_matrix(
+            prob.loss, prob.p[rows], snap.c[rows], snap.dl[rows], snap.ddl[rows],
+            prob.lam, prob.rho, A,
+        )  # fmt: skip
+        if weights is None:
+            H[:-1, -1] += (Z.T @ e[rows]).ravel()
+        else:
+            A *= weights[start : start + chunk, None, None]
+        ZA = (Z[:, :, None, None] * A[:, None, :, :]).reshape(Z.shape[0], -1)
+        H[:-1, :-1] += (
+            (Z.T @ ZA).reshape(d + 1, d + 1, K, K).transpose(0, 2, 1, 3).reshape(dim - 1, -1)
+        )
+    if weights is not None:  # the cross terms with eta stay exact: one pass
+        for start in range(0, n, 8192):
+            rows = slice(start, start + 8192)
+            H[:-1, -1] += (_standardised_rows(prob, rows).T @ e[rows]).ravel()
+    H[-1, :-1] = H[:-1, -1]
+    H[-1, -1] = sum_pk
+    H[np.arange(d * K), np.arange(d * K)] += prob.alpha * np.repeat(prob.inv_scale**2, K)
     if not prob.fit_intercept:
-        H[d, :] = H[:, d] = 0.0
-        H[d, d] = 1.0
+        intercepts = np.arange(d * K, (d + 1) * K)
+        H[intercepts, :] = H[:, intercepts] = 0.0
+        H[intercepts, intercepts] = 1.0
     return H
 
 
@@ -249,7 +287,7 @@ def fit_sgd(
     verbose,
 ):
     """Preconditioned variance-reduced SGD (SVRG) on the joint relaxed objective in
-    (w, b, eta).
+    (W, b, eta).
 
     Each epoch: a full pass gives the snapshot (objective, exact eta, factors, full gradient)
     and the Hessian there; then one kernel call runs ``n / batch_size`` mini-batch steps with
@@ -263,8 +301,8 @@ def fit_sgd(
 
     Returns (snapshot, n_iter, converged).
     """
-    X, p = prob.X, prob.p
-    n, d = X.shape
+    X, p, K = prob.X, prob.p, prob.n_outputs
+    n = X.shape[0]
     hyper = np.array([prob.lam, prob.rho, prob.alpha, prob.eps, 0.0])
     kappa_max = 1.0 if learning_rate == "auto" else float(learning_rate)
     kappa = 0.5 * kappa_max
@@ -276,7 +314,7 @@ def fit_sgd(
     n_blocks = (n + batch_size - 1) // batch_size
     blocks = np.empty(n_blocks, dtype=np.int64)
     block_pi = np.empty(n_blocks)
-    aux = np.empty((n, 4))
+    aux = np.empty((n, 3 + K))
     aux[:, 0] = prob.y
     stall = accepted = 0
     start_time = time.perf_counter()
@@ -287,16 +325,16 @@ def fit_sgd(
         pack_snapshot(p, block_pi, batch_size, snap.c, snap.dl, aux)
         hyper[4] = kappa
         w_new = snap.w.copy()
-        state = np.array([snap.b + prob.mean @ snap.w, snap.eta])
+        state = np.append(snap.b + prob.mean @ snap.w, snap.eta)
         ok = svrg_epoch(
             X, aux, blocks, batch_size, prob.loss, hyper, w_new, state,
             prob.mean, prob.inv_scale, cur.P, cur.mu,
         )  # fmt: skip
         new = None
-        if ok and np.all(np.isfinite(w_new)) and np.isfinite(state[0]):
-            b_new = state[0] - prob.mean @ w_new if prob.fit_intercept else 0.0
+        if ok and np.all(np.isfinite(w_new)) and np.all(np.isfinite(state)):
+            b_new = state[:K] - prob.mean @ w_new if prob.fit_intercept else snap.b
             with np.errstate(over="ignore", invalid="ignore"):
-                new = snapshot(prob, w_new, b_new, state[1])  # a diverged trial may overflow
+                new = snapshot(prob, w_new, b_new, state[K])  # a diverged trial may overflow
         better = False
         if new is not None and np.isfinite(new.objective):
             # below this, objective values differ by rounding only; then the Newton
@@ -350,16 +388,14 @@ def _newton_line_search(prob, snap, cur, max_halvings=10):
     """Damped Newton step from the snapshot (eta re-solved exactly at every trial), with
     Armijo backtracking; returns the new snapshot, or None when no step decreases the
     objective."""
-    d = prob.X.shape[1]
     step = -cur.P @ cur.g
     slope = float(cur.g @ step)  # = -2 * decrement
     if not slope < 0:
         return None
-    b_c = snap.b + prob.mean @ snap.w
+    start = _to_standard(prob, snap.w, snap.b)
     t = 1.0
     for _ in range(max_halvings):
-        w = snap.w + t * prob.inv_scale * step[:d]
-        b = b_c + t * step[d] - prob.mean @ w if prob.fit_intercept else 0.0
+        w, b = _to_model(prob, start + t * step[:-1])
         with np.errstate(over="ignore", invalid="ignore"):
             trial = snapshot(prob, w, b, snap.eta)
         if trial.objective <= snap.objective + 1e-4 * t * slope:
@@ -373,7 +409,7 @@ _MIN_DAMPING = 1e-8
 
 class _Newton:
     """Second-order information at a snapshot, in the standardised coordinates
-    ``(v, b_c, eta)``: the damped inverse Hessian ``P``, the full gradient ``g``, the same
+    ``(V, b_c, eta)``: the damped inverse Hessian ``P``, the full gradient ``g``, the same
     without the penalty ``mu`` (the kernel adds the penalty's exact gradient at every
     step), the sampling probabilities ``pi`` by curvature, and the decrement
     ``g^T P g / 2`` (about the suboptimality once the damping is small).
@@ -385,16 +421,17 @@ class _Newton:
     """
 
     def __init__(self, prob, snap, damping, rng):
-        d = prob.X.shape[1]
-        a, e, pk, self.pi = (np.empty_like(snap.c) for _ in range(4))
-        sums = curvature_weights(
-            prob.p, snap.c, snap.dl, snap.ddl, prob.lam, prob.rho, a, e, pk, self.pi
+        a, pk, self.pi = (np.empty_like(snap.c) for _ in range(3))
+        e = np.empty_like(snap.dl)
+        _, sum_pk = curvature_weights(
+            prob.loss, prob.p, snap.c, snap.dl, snap.ddl, prob.lam, prob.rho, a, e, pk, self.pi
         )
-        self.ev, self.V = np.linalg.eigh(_hessian(prob, a, e, sums, self.pi, rng))
-        self.fit_intercept = prob.fit_intercept
+        self.ev, self.V = np.linalg.eigh(_hessian(prob, snap, e, sum_pk, self.pi, rng))
+        d, K = snap.w.shape
+        self.intercepts = None if prob.fit_intercept else slice(d * K, (d + 1) * K)
         self.g = standardised_gradient(prob, snap)
         self.mu = self.g.copy()
-        self.mu[:d] -= prob.alpha * prob.inv_scale * snap.w
+        self.mu[: d * K] -= prob.alpha * (prob.inv_scale[:, None] * snap.w).ravel()
         # the decrement that judges convergence is taken at the smallest damping: a damped
         # one shrinks with the steps, not with the distance to the optimum
         self.damp(_MIN_DAMPING)
@@ -406,9 +443,8 @@ class _Newton:
         top = max(self.ev.max(), 1e-300)
         ev = np.maximum(self.ev, 1e-12 * top) + damping * top
         self.P = (self.V / ev) @ self.V.T
-        if not self.fit_intercept:
-            d = self.P.shape[0] - 2
-            self.P[d, :] = self.P[:, d] = 0.0
+        if self.intercepts is not None:
+            self.P[self.intercepts, :] = self.P[:, self.intercepts] = 0.0
         self.decrement = 0.5 * float(self.g @ self.P @ self.g)
         return self
 

@@ -195,9 +195,11 @@ class DRORegressor(RegressorMixin, DROLinearModel):
             self, X, y, dtype=np.float64, order="C", y_numeric=True, multi_output=False
         )
         p = empirical_weights(sample_weight, X.shape[0])
-        snap, n_iter = self._fit_linear(X, y, p, loss=self.loss, eps=float(self.epsilon))
-        self.coef_ = snap.w
-        self.intercept_ = float(snap.b)
+        snap, n_iter = self._fit_linear(
+            X, y, p, loss=LOSS_CODES[self.loss], eps=float(self.epsilon)
+        )
+        self.coef_ = snap.w[:, 0]
+        self.intercept_ = float(snap.b[0])
         self.eta_ = float(snap.eta)
         self.risk_ = float(snap.objective)
         self.n_iter_ = n_iter
@@ -232,4 +234,5 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         if not np.all(np.isfinite(y)):
             raise ValueError("Input y contains NaN or infinity.")
         code = LOSS_CODES[self.loss]
-        return losses_of(X, y, self.coef_, self.intercept_, code, float(self.epsilon))[0]
+        w, b = self.coef_[:, None], np.array([self.intercept_])
+        return losses_of(X, y, w, b, code, float(self.epsilon))[0]
