@@ -3,6 +3,7 @@
 The risk functions evaluate the exact and the relaxed KL-DRO risk of any loss vector.
 """
 
+from .classification import DROClassifier
 from .regression import DRORegressor
 from .risk import (
     gradient_factors,
@@ -16,6 +17,7 @@ from .risk import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "DROClassifier",
     "DRORegressor",
     "gradient_factors",
     "kl_dro_risk",

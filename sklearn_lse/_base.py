@@ -89,7 +89,7 @@ class DROLinearModel(BaseEstimator):
                 max_iter=self.max_iter,
                 tol=self.tol,
                 n_iter_no_change=self.n_iter_no_change,
-                batch_size=self._batch_size(X.shape[1]),
+                batch_size=self._batch_size(prob.dim),
                 learning_rate=self.learning_rate,
                 verbose=self.verbose,
             )
@@ -102,11 +102,12 @@ class DROLinearModel(BaseEstimator):
             warn_not_converged(self.solver, self.max_iter)
         return snap, n_iter
 
-    def _batch_size(self, n_features):
-        """``"auto"``: 4 (d + 2), so that the (d + 2)^2 preconditioner costs less per step
-        than the gradients, and the mini-batch noise stays below the preconditioned
-        curvature (the per-sample smoothness is about d + 2 in that metric)."""
-        return 4 * (n_features + 2) if self.batch_size == "auto" else self.batch_size
+    def _batch_size(self, dim):
+        """``"auto"``: 4 D for D variables (4 (d + 2) for one output), so that the D^2
+        preconditioner costs less per step than the gradients, and the mini-batch noise
+        stays below the preconditioned curvature (the per-sample smoothness is about D in
+        that metric)."""
+        return 4 * dim if self.batch_size == "auto" else self.batch_size
 
     def _initial_point(self, prob):
         if self.warm_start and hasattr(self, "coef_"):

@@ -261,8 +261,9 @@ def svrg_epoch(
         Loss code.
     hyper : ndarray of shape (5,)
         ``(lam, rho, alpha, eps, step)``.
-    w : ndarray of shape (n_features, K)
-        Coefficients, replaced in place by the epoch's averaged iterate.
+    w : ndarray of shape (K, n_features)
+        Coefficients (the transpose of W, so that the loops over features are contiguous),
+        replaced in place by the epoch's averaged iterate.
     state : ndarray of shape (K + 1,)
         ``(b_c, eta)``, replaced in place likewise.
     mean, inv_scale : ndarray of shape (n_features,)
@@ -279,23 +280,22 @@ def svrg_epoch(
     lam, rho, alpha, eps, step = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
     log_rho = math.log(rho)
     n, d = X.shape
-    K = w.shape[1]
+    K = w.shape[0]
     dim = (d + 1) * K + 1
-    gw = np.zeros((d, K))
+    gw = np.zeros((K, d))
     g = np.zeros(dim)
     f = np.empty(K)
     dl = np.empty(K)
-    delta = np.empty(K)
     sum_delta = np.empty(K)
     mw = np.zeros(K)
-    for j in range(d):
-        for k in range(K):
-            mw[k] += mean[j] * w[j, k]
+    for k in range(K):
+        for j in range(d):
+            mw[k] += mean[j] * w[k, j]
     b_c = state[:K].copy()
     eta = state[K]
     # the epoch returns the average of the iterates over its second half, which cancels
     # most of the noise of the last iterate
-    w_avg = np.zeros((d, K))
+    w_avg = np.zeros((K, d))
     b_avg = np.zeros(K)
     eta_avg = 0.0
     n_avg = 0
@@ -310,11 +310,10 @@ def svrg_epoch(
         sum_eta = 0.0
         for i in range(start, stop):
             for k in range(K):
-                f[k] = b_c[k] - mw[k]
-            for j in range(d):
-                x = X[i, j]
-                for k in range(K):
-                    f[k] += x * w[j, k]
+                acc = b_c[k] - mw[k]
+                for j in range(d):
+                    acc += X[i, j] * w[k, j]
+                f[k] = acc
             if code == MULTINOMIAL:
                 loss = multinomial_loss(f, int(aux[i, 0]), dl)
             else:
@@ -324,52 +323,46 @@ def svrg_epoch(
             c = sigmoid((loss - eta) / lam + log_rho) / rho
             r = aux[i, 2]
             for k in range(K):
-                delta[k] = r * (c * dl[k] - aux[i, 3 + k])
-                sum_delta[k] += delta[k]
-            for j in range(d):
-                x = X[i, j]
-                for k in range(K):
-                    gw[j, k] += delta[k] * x
+                dk = r * (c * dl[k] - aux[i, 3 + k])
+                sum_delta[k] += dk
+                for j in range(d):
+                    gw[k, j] += dk * X[i, j]
             sum_eta += r * (aux[i, 1] - c)
         for j in range(d):
             for k in range(K):
                 g[j * K + k] = (
-                    inv_scale[j] * ((gw[j, k] - mean[j] * sum_delta[k]) * inv_b + alpha * w[j, k])
+                    inv_scale[j] * ((gw[k, j] - mean[j] * sum_delta[k]) * inv_b + alpha * w[k, j])
                     + mu[j * K + k]
                 )
         for k in range(K):
             g[d * K + k] = sum_delta[k] * inv_b + mu[d * K + k]
         g[dim - 1] = sum_eta * inv_b + mu[dim - 1]
-        mw[:] = 0.0
-        for j in range(d):
-            for k in range(K):
-                row = j * K + k
-                acc = 0.0
-                for m in range(dim):
-                    acc += precond[row, m] * g[m]
-                w[j, k] -= step * inv_scale[j] * acc
-                mw[k] += mean[j] * w[j, k]
-        for k in range(K):
+        for row in range(dim):  # delta = precond @ g
             acc = 0.0
             for m in range(dim):
-                acc += precond[d * K + k, m] * g[m]
-            b_c[k] -= step * acc
-        acc = 0.0
-        for m in range(dim):
-            acc += precond[dim - 1, m] * g[m]
-        eta -= step * acc
-        if step_index >= average_from:
+                acc += precond[row, m] * g[m]
+            delta_row = step * acc
+            if row < d * K:
+                w[row % K, row // K] -= delta_row * inv_scale[row // K]
+            elif row < dim - 1:
+                b_c[row - d * K] -= delta_row
+            else:
+                eta -= delta_row
+        for k in range(K):
+            acc = 0.0
             for j in range(d):
-                for k in range(K):
-                    w_avg[j, k] += w[j, k]
+                acc += mean[j] * w[k, j]
+            mw[k] = acc
+        if step_index >= average_from:
             for k in range(K):
+                for j in range(d):
+                    w_avg[k, j] += w[k, j]
                 b_avg[k] += b_c[k]
             eta_avg += eta
             n_avg += 1
-    for j in range(d):
-        for k in range(K):
-            w[j, k] = w_avg[j, k] / n_avg
     for k in range(K):
+        for j in range(d):
+            w[k, j] = w_avg[k, j] / n_avg
         state[k] = b_avg[k] / n_avg
     state[K] = eta_avg / n_avg
     return True

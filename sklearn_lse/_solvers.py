@@ -61,7 +61,7 @@ class Problem:
             mean = np.zeros(X.shape[1])
             var = second_moment
         scale = np.sqrt(var)
-        inv_scale = np.where(scale > 1e-12 * (1.0 + np.abs(mean)), 1.0 / scale, 1.0)
+        inv_scale = 1.0 / np.where(scale > 1e-12 * (1.0 + np.abs(mean)), scale, 1.0)
         return cls(
             X, y, p, n_outputs, loss, eps, lam, rho, alpha, fit_intercept, mean, inv_scale
         )
@@ -205,16 +205,6 @@ def least_squares_start(prob):
     return w[:, None], np.array([y_mean - m @ w if prob.fit_intercept else 0.0])
 
 
-def _standardised_rows(prob, rows):
-    """The rows ``(s * (x_i - mean), 1)`` of the design in the solvers' coordinates."""
-    Xc = prob.X[rows]
-    Z = np.empty((Xc.shape[0], Xc.shape[1] + 1))
-    np.subtract(Xc, prob.mean, out=Z[:, :-1])
-    Z[:, :-1] *= prob.inv_scale
-    Z[:, -1] = 1.0
-    return Z
-
-
 def _hessian(prob, snap, e, sum_pk, pi, rng):
     """Hessian of the objective at a snapshot, in the standardised coordinates
     ``(V, b_c, eta)`` (``V = W / inv_scale``, features centred at ``mean``, flattened row
@@ -223,47 +213,59 @@ def _hessian(prob, snap, e, sum_pk, pi, rng):
     ``sum_i z_i z_i^T kron A_i`` with ``z_i = (s * (x_i - mean), 1)``, the cross terms with
     eta are ``sum_i z_i kron e_i``, the eta-eta term ``sum_pk``.
 
-    The (W, b) block is exact when it costs about as much as the stochastic pass (up to 32
-    coefficients); beyond, it is estimated without bias from
-    ``m = max(4 n / D, 100 (D + 1))`` rows (D the number of variables) drawn with the
-    probabilities ``pi`` (weights ``1 / (m pi_i)``): the preconditioner needs the
+    The sums run over the raw rows ``(x_i, 1)`` (no copy of X) and are mapped to the
+    standardised coordinates afterwards. The (W, b) block is exact when it costs about as
+    much as the stochastic pass (up to 32 coefficients); beyond, it is estimated without
+    bias from ``m = max(4 n / D, 100 (D + 1))`` rows (D the number of variables) drawn with
+    the probabilities ``pi`` (weights ``1 / (m pi_i)``): the preconditioner needs the
     curvature's shape, not every digit. Its (damped) inverse preconditions the stochastic
     steps: the method is then affine invariant in the features, and the step that suits
     one problem suits them all.
     """
-    n, d = prob.X.shape
+    X = prob.X
+    n, d = X.shape
     K = prob.n_outputs
     dim = prob.dim
-    H = np.zeros((dim, dim))
+    raw = np.zeros((d + 1, K, d + 1, K))  # sum (x, 1)(x, 1)^T kron A over the rows
+    cross = np.zeros((d + 1, K))  # sum (x, 1) kron e
     m = max(4 * n // (dim - 1), 100 * dim)
-    if d * K <= 32 or m >= n:
-        sample, weights = np.arange(n), None
-    else:
+    sketch = d * K > 32 and m < n
+    if sketch:
         sample = np.empty(m, dtype=np.int64)
         systematic_draws(pi, rng.random(), sample)
         weights = 1.0 / (m * pi[sample])
     chunk = int(min(8192, max(64, 2**21 // ((d + 1) * K * K))))
-    for start in range(0, sample.shape[0], chunk):
-        rows = slice(start, start + chunk) if weights is None else sample[start : start + chunk]
-        Z = _standardised_rows(prob, rows)
-        A = np.empty((Z.shape[0], K, K))
+    for start in range(0, m if sketch else n, chunk):
+        rows = sample[start : start + chunk] if sketch else slice(start, start + chunk)
+        Xc = X[rows]
+        A = np.empty((Xc.shape[0], K, K))
         curvature_matrix(
             prob.loss, prob.p[rows], snap.c[rows], snap.dl[rows], snap.ddl[rows],
             prob.lam, prob.rho, A,
         )  # fmt: skip
-        if weights is None:
-            H[:-1, -1] += (Z.T @ e[rows]).ravel()
-        else:
+        if sketch:
             A *= weights[start : start + chunk, None, None]
-        ZA = (Z[:, :, None, None] * A[:, None, :, :]).reshape(Z.shape[0], -1)
-        H[:-1, :-1] += (
-            (Z.T @ ZA).reshape(d + 1, d + 1, K, K).transpose(0, 2, 1, 3).reshape(dim - 1, -1)
-        )
-    if weights is not None:  # the cross terms with eta stay exact: one pass
+        else:
+            cross[:d] += Xc.T @ e[rows]
+            cross[d] += e[rows].sum(axis=0)
+        XA = (Xc[:, :, None, None] * A[:, None, :, :]).reshape(Xc.shape[0], -1)
+        raw[:d, :, :d, :] += (Xc.T @ XA).reshape(d, d, K, K).transpose(0, 2, 1, 3)
+        xa = (Xc.T @ A.reshape(-1, K * K)).reshape(d, K, K)
+        raw[:d, :, d, :] += xa
+        raw[d, :, :d, :] += xa.transpose(1, 0, 2)
+        raw[d, :, d, :] += A.sum(axis=0)
+    if sketch:  # the cross terms with eta stay exact: one pass
         for start in range(0, n, 8192):
             rows = slice(start, start + 8192)
-            H[:-1, -1] += (_standardised_rows(prob, rows).T @ e[rows]).ravel()
-    H[-1, :-1] = H[:-1, -1]
+            cross[:d] += X[rows].T @ e[rows]
+        cross[d] = e.sum(axis=0)
+    # to the standardised rows z = M (x, 1), M = [[diag(s), -s * mean], [0, 1]]
+    M = np.eye(d + 1)
+    M[:d, :d] = np.diag(prob.inv_scale)
+    M[:d, d] = -prob.inv_scale * prob.mean
+    H = np.empty((dim, dim))
+    H[:-1, :-1] = np.einsum("ia,akbl,jb->ikjl", M, raw, M, optimize=True).reshape(dim - 1, -1)
+    H[:-1, -1] = H[-1, :-1] = (M @ cross).ravel()
     H[-1, -1] = sum_pk
     H[np.arange(d * K), np.arange(d * K)] += prob.alpha * np.repeat(prob.inv_scale**2, K)
     if not prob.fit_intercept:
@@ -324,12 +326,13 @@ def fit_sgd(
         rng.shuffle(blocks)
         pack_snapshot(p, block_pi, batch_size, snap.c, snap.dl, aux)
         hyper[4] = kappa
-        w_new = snap.w.copy()
+        w_t = np.array(snap.w.T, order="C")  # a copy, in the kernel's layout (K, d)
         state = np.append(snap.b + prob.mean @ snap.w, snap.eta)
         ok = svrg_epoch(
-            X, aux, blocks, batch_size, prob.loss, hyper, w_new, state,
+            X, aux, blocks, batch_size, prob.loss, hyper, w_t, state,
             prob.mean, prob.inv_scale, cur.P, cur.mu,
         )  # fmt: skip
+        w_new = w_t.T.copy()
         new = None
         if ok and np.all(np.isfinite(w_new)) and np.all(np.isfinite(state)):
             b_new = state[:K] - prob.mean @ w_new if prob.fit_intercept else snap.b

@@ -11,7 +11,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_lse import DRORegressor
 
-
 # The sgd solver converges tightly enough that even the sample-weight equivalence checks
 # (from which scikit-learn exempts its own SGD estimators) pass. The one expected failure
 # is a design decision: a y of shape (n, 1) is refused with a ValueError (as every other
