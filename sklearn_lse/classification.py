@@ -213,6 +213,12 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
             if not p.sum() > 0:
                 raise ValueError("class_weight and sample_weight leave no sample any weight.")
             p /= p.sum()
+        weighted = np.bincount(y_index, weights=p, minlength=classes.shape[0]) > 0
+        if weighted.sum() < 2:
+            raise ValueError(
+                "DROClassifier needs samples of at least 2 classes with positive weight; "
+                f"sample_weight leaves 1 class: {classes[weighted][0]!r}."
+            )
         code, target, n_outputs = _encode(y_index, classes.shape[0])
         snap, n_iter = self._fit_linear(X, target, p, loss=code, eps=0.0, n_outputs=n_outputs)
         self.classes_ = classes
