@@ -205,36 +205,39 @@ def least_squares_start(prob):
     return w[:, None], np.array([y_mean - m @ w if prob.fit_intercept else 0.0])
 
 
-def _hessian(prob, snap, e, sum_pk, pi, rng):
-    """Hessian of the objective at a snapshot, in the standardised coordinates
-    ``(V, b_c, eta)`` (``V = W / inv_scale``, features centred at ``mean``, flattened row
-    by row), from the per-sample curvature ``A_i`` of
-    :func:`~sklearn_lse._kernels.curvature_matrix`: the (W, b) block is
-    ``sum_i z_i z_i^T kron A_i`` with ``z_i = (s * (x_i - mean), 1)``, the cross terms with
-    eta are ``sum_i z_i kron e_i``, the eta-eta term ``sum_pk``.
+# Exact Hessians cost n ((d + 1) K)^2 flops and an eigendecomposition of size D; above this
+# many flops, models with several outputs use the class-block-diagonal Hessian instead.
+_EXACT_HESSIAN_FLOPS = 2e9
 
-    The sums run over the raw rows ``(x_i, 1)`` (no copy of X) and are mapped to the
-    standardised coordinates afterwards. The (W, b) block is exact when it costs about as
-    much as the stochastic pass (up to 32 coefficients); beyond, it is estimated without
-    bias from ``m = max(4 n / D, 100 (D + 1))`` rows (D the number of variables) drawn with
-    the probabilities ``pi`` (weights ``1 / (m pi_i)``): the preconditioner needs the
-    curvature's shape, not every digit. Its (damped) inverse preconditions the stochastic
-    steps: the method is then affine invariant in the features, and the step that suits
-    one problem suits them all.
+
+def _curvature_sums(prob, snap, e, pi, rng, blocks):
+    """The Hessian of the objective at a snapshot, as sums over the raw rows
+    ``(x_i, 1)``, mapped to the standardised coordinates ``z_i = (s * (x_i - mean), 1)``
+    (no copy of X is made).
+
+    Returns ``(H_w, h)``: the (W, b) block ``sum_i z_i z_i^T kron A_i`` of shape
+    (d + 1, K, d + 1, K) (with ``A_i`` from :func:`~sklearn_lse._kernels.curvature_matrix`),
+    or with ``blocks`` only its diagonal blocks per output, shape (K, d + 1, d + 1); and the
+    cross terms with eta ``h = sum_i z_i kron e_i``, shape (d + 1, K). The (W, b) block is
+    exact when it costs about as much as the stochastic pass (up to 32 coefficients);
+    beyond, it is estimated without bias from ``m = max(4 n / D, 100 (d + 2))`` rows (D the
+    number of variables; ``100 (D + 1)`` for the full block) drawn with the probabilities
+    ``pi`` (weights ``1 / (m pi_i)``): the preconditioner needs the curvature's shape, not
+    every digit. The cross terms are always exact.
     """
     X = prob.X
     n, d = X.shape
     K = prob.n_outputs
-    dim = prob.dim
-    raw = np.zeros((d + 1, K, d + 1, K))  # sum (x, 1)(x, 1)^T kron A over the rows
-    cross = np.zeros((d + 1, K))  # sum (x, 1) kron e
-    m = max(4 * n // (dim - 1), 100 * dim)
+    size = d + 2 if blocks else prob.dim
+    m = max(4 * n // (prob.dim - 1), 100 * size)
     sketch = d * K > 32 and m < n
     if sketch:
         sample = np.empty(m, dtype=np.int64)
         systematic_draws(pi, rng.random(), sample)
         weights = 1.0 / (m * pi[sample])
-    chunk = int(min(8192, max(64, 2**21 // ((d + 1) * K * K))))
+    raw = np.zeros((K, d + 1, d + 1) if blocks else (d + 1, K, d + 1, K))
+    cross = np.zeros((d + 1, K))
+    chunk = int(min(8192, max(64, 2**21 // ((d + 1) * (1 if blocks else K * K)))))
     for start in range(0, m if sketch else n, chunk):
         rows = sample[start : start + chunk] if sketch else slice(start, start + chunk)
         Xc = X[rows]
@@ -248,12 +251,21 @@ def _hessian(prob, snap, e, sum_pk, pi, rng):
         else:
             cross[:d] += Xc.T @ e[rows]
             cross[d] += e[rows].sum(axis=0)
-        XA = (Xc[:, :, None, None] * A[:, None, :, :]).reshape(Xc.shape[0], -1)
-        raw[:d, :, :d, :] += (Xc.T @ XA).reshape(d, d, K, K).transpose(0, 2, 1, 3)
-        xa = (Xc.T @ A.reshape(-1, K * K)).reshape(d, K, K)
-        raw[:d, :, d, :] += xa
-        raw[d, :, :d, :] += xa.transpose(1, 0, 2)
-        raw[d, :, d, :] += A.sum(axis=0)
+        if blocks:
+            A = np.einsum("ikk->ik", A)  # the diagonal, (rows, K)
+            for k in range(K):
+                raw[k, :d, :d] += Xc.T @ (Xc * A[:, k, None])
+            xa = Xc.T @ A  # (d, K)
+            raw[:, :d, d] += xa.T
+            raw[:, d, :d] += xa.T
+            raw[:, d, d] += A.sum(axis=0)
+        else:
+            XA = (Xc[:, :, None, None] * A[:, None, :, :]).reshape(Xc.shape[0], -1)
+            raw[:d, :, :d, :] += (Xc.T @ XA).reshape(d, d, K, K).transpose(0, 2, 1, 3)
+            xa = (Xc.T @ A.reshape(-1, K * K)).reshape(d, K, K)
+            raw[:d, :, d, :] += xa
+            raw[d, :, :d, :] += xa.transpose(1, 0, 2)
+            raw[d, :, d, :] += A.sum(axis=0)
     if sketch:  # the cross terms with eta stay exact: one pass
         for start in range(0, n, 8192):
             rows = slice(start, start + 8192)
@@ -263,16 +275,15 @@ def _hessian(prob, snap, e, sum_pk, pi, rng):
     M = np.eye(d + 1)
     M[:d, :d] = np.diag(prob.inv_scale)
     M[:d, d] = -prob.inv_scale * prob.mean
-    H = np.empty((dim, dim))
-    H[:-1, :-1] = np.einsum("ia,akbl,jb->ikjl", M, raw, M, optimize=True).reshape(dim - 1, -1)
-    H[:-1, -1] = H[-1, :-1] = (M @ cross).ravel()
-    H[-1, -1] = sum_pk
-    H[np.arange(d * K), np.arange(d * K)] += prob.alpha * np.repeat(prob.inv_scale**2, K)
-    if not prob.fit_intercept:
-        intercepts = np.arange(d * K, (d + 1) * K)
-        H[intercepts, :] = H[:, intercepts] = 0.0
-        H[intercepts, intercepts] = 1.0
-    return H
+    if blocks:
+        H_w = np.einsum("ia,kab,jb->kij", M, raw, M, optimize=True)
+        H_w[:, np.arange(d), np.arange(d)] += prob.alpha * prob.inv_scale**2
+    else:
+        H_w = np.einsum("ia,akbl,jb->ikjl", M, raw, M, optimize=True)
+        H_w[np.arange(d), :, np.arange(d), :] += prob.alpha * (
+            prob.inv_scale[:, None, None] ** 2 * np.eye(K)
+        )
+    return H_w, M @ cross
 
 
 def fit_sgd(
@@ -421,6 +432,12 @@ class _Newton:
     kink of the objective (small lam, losses far apart) the Hessian is nearly singular in
     directions where the objective is not quadratic at all, and undamped Newton-scaled
     steps overshoot there.
+
+    The Hessian is exact (one eigendecomposition of size D) unless that costs more than
+    ``_EXACT_HESSIAN_FLOPS``; then, for several outputs, its (W, b) block is replaced by
+    its diagonal blocks, one per output (the coupling between the classes of the softmax
+    is dropped), with the eta row and column kept exact and eliminated by a Schur
+    complement: K eigendecompositions of size d + 1 instead of one of size (d + 1) K + 1.
     """
 
     def __init__(self, prob, snap, damping, rng):
@@ -429,8 +446,22 @@ class _Newton:
         _, sum_pk = curvature_weights(
             prob.loss, prob.p, snap.c, snap.dl, snap.ddl, prob.lam, prob.rho, a, e, pk, self.pi
         )
-        self.ev, self.V = np.linalg.eigh(_hessian(prob, snap, e, sum_pk, self.pi, rng))
         d, K = snap.w.shape
+        dim = prob.dim
+        n = prob.X.shape[0]
+        exact_flops = min(n, max(4 * n // (dim - 1), 100 * dim)) * (dim - 1) ** 2 + dim**3
+        self.blocks = K > 1 and exact_flops > _EXACT_HESSIAN_FLOPS
+        H_w, h = _curvature_sums(prob, snap, e, self.pi, rng, self.blocks)
+        if self.blocks:
+            self.h, self.h_eta = h.ravel(), sum_pk
+            self.ev, self.V = np.linalg.eigh(H_w)  # (K, d + 1) and (K, d + 1, d + 1)
+            self.index = np.arange(d + 1)[None, :] * K + np.arange(K)[:, None]
+        else:
+            H = np.empty((dim, dim))
+            H[:-1, :-1] = H_w.reshape(dim - 1, dim - 1)
+            H[:-1, -1] = H[-1, :-1] = h.ravel()
+            H[-1, -1] = sum_pk
+            self.ev, self.V = np.linalg.eigh(H)
         self.intercepts = None if prob.fit_intercept else slice(d * K, (d + 1) * K)
         self.g = standardised_gradient(prob, snap)
         self.mu = self.g.copy()
@@ -443,9 +474,22 @@ class _Newton:
 
     def damp(self, damping):
         """Set the damping of ``P`` (and the decrement that goes with it)."""
-        top = max(self.ev.max(), 1e-300)
+        top = max(self.ev.max(), self.h_eta if self.blocks else 0.0, 1e-300)
         ev = np.maximum(self.ev, 1e-12 * top) + damping * top
-        self.P = (self.V / ev) @ self.V.T
+        if self.blocks:
+            dim = self.h.shape[0] + 1
+            self.P = np.zeros((dim, dim))
+            for k, index in enumerate(self.index):
+                self.P[np.ix_(index, index)] = (self.V[k] / ev[k]) @ self.V[k].T
+            # eta by its Schur complement (kept positive: the blocks only approximate)
+            u = self.P[:-1, :-1] @ self.h
+            diag = self.h_eta + damping * top
+            schur = max(diag - self.h @ u, 1e-3 * diag)
+            self.P[:-1, :-1] += np.outer(u, u) / schur
+            self.P[:-1, -1] = self.P[-1, :-1] = -u / schur
+            self.P[-1, -1] = 1.0 / schur
+        else:
+            self.P = (self.V / ev) @ self.V.T
         if self.intercepts is not None:
             self.P[self.intercepts, :] = self.P[:, self.intercepts] = 0.0
         self.decrement = 0.5 * float(self.g @ self.P @ self.g)
