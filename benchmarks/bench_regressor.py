@@ -11,22 +11,18 @@ shortest fit from scratch, over max_iter, that gets there).
 
 import argparse
 import time
-import warnings
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, SGDRegressor
 
 from sklearn_lse import DRORegressor
 
-
-def best_time(fn, repeat=3):
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+try:
+    from .common import best_time, epoch_time, quiet_fit
+    from .common import time_to_tolerance as common_time_to_tolerance
+except ImportError:  # run as a script
+    from common import best_time, epoch_time, quiet_fit
+    from common import time_to_tolerance as common_time_to_tolerance
 
 
 def make(n, d, seed=0):
@@ -37,24 +33,15 @@ def make(n, d, seed=0):
 
 
 def dro_epoch_time(X, y, lam):
-    """Cost of one epoch (stochastic pass, snapshot pass and Hessian): the difference
-    between fits of 3 and 1 epochs, halved, so that set-up is excluded."""
-
-    def fit(k):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            DRORegressor(lam=lam, rho=1e-2, max_iter=k, tol=0, random_state=0).fit(X, y)
-
-    return (best_time(lambda: fit(3)) - best_time(lambda: fit(1))) / 2
+    return epoch_time(
+        lambda k: DRORegressor(lam=lam, rho=1e-2, max_iter=k, tol=0, random_state=0), X, y
+    )
 
 
 def sgd_epoch_time(X, y):
-    def fit():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            SGDRegressor(max_iter=1, tol=None, random_state=0).fit(X, y)
-
-    return best_time(fit)
+    return best_time(
+        lambda: quiet_fit(SGDRegressor(max_iter=1, tol=None, random_state=0), X, y)
+    )
 
 
 def main():
@@ -63,9 +50,7 @@ def main():
     args = parser.parse_args()
     sizes = [(20_000, 10), (5_000, 100)] if args.quick else [(1_000_000, 10), (200_000, 100)]
     # compile once outside the timings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        DRORegressor(max_iter=2, tol=0, random_state=0).fit(*make(200, 3))
+    quiet_fit(DRORegressor(max_iter=2, tol=0, random_state=0), *make(200, 3))
     print("| n | d | DRO epoch (s) | SGDRegressor epoch (s) | X @ w (s) | DRO / SGD | DRO / X@w |")
     print("|---|---|---|---|---|---|---|")
     for n, d in sizes:
@@ -117,19 +102,10 @@ def main():
 
 
 def time_to_tolerance(X, y, solver, lam, rho, optimum, rel):
-    """Wall time of the shortest fit (by max_iter) whose objective is within rel of the
-    optimum; every fit starts from scratch, so set-up is included."""
-    for k in range(1, 200):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            t = time.perf_counter()
-            model = DRORegressor(
-                lam=lam, rho=rho, solver=solver, max_iter=k, tol=0, random_state=0
-            ).fit(X, y)
-            seconds = time.perf_counter() - t
-        if model.risk_ - optimum <= rel * abs(optimum):
-            return seconds, k
-    return float("nan"), k
+    def make(k):
+        return DRORegressor(lam=lam, rho=rho, solver=solver, max_iter=k, tol=0, random_state=0)
+
+    return common_time_to_tolerance(make, X, y, optimum, rel)
 
 
 if __name__ == "__main__":

@@ -319,10 +319,13 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         y = column_or_1d(y)
         if y.shape[0] != X.shape[0]:
             raise ValueError(f"y has {y.shape[0]} samples but X has {X.shape[0]}.")
-        index = np.searchsorted(self.classes_, y)
-        unseen = (index >= self.classes_.shape[0]) | (
-            self.classes_[np.minimum(index, self.classes_.shape[0] - 1)] != y
-        )
+        try:
+            index = np.searchsorted(self.classes_, y)
+            unseen = (index >= self.classes_.shape[0]) | (
+                self.classes_[np.minimum(index, self.classes_.shape[0] - 1)] != y
+            )
+        except TypeError:  # labels that do not even compare with the classes
+            index, unseen = None, np.ones(y.shape[0], dtype=bool)
         if np.any(unseen):
             raise ValueError(
                 f"y contains labels not seen during fit: {np.unique(y[unseen]).tolist()}; "

@@ -301,6 +301,9 @@ def test_unseen_labels_are_refused(method):
     y[3] = "z"
     with pytest.raises(ValueError, match="not seen during fit.*'z'"):
         getattr(model, method)(X_OK, y)
+    with pytest.raises(ValueError, match="not seen during fit"):
+        getattr(model, method)(X_OK, np.arange(30))
+    assert np.isfinite(getattr(model, method)(X_OK, Y_OK)).all()
 
 
 def test_failed_refit_keeps_previous_model():
