@@ -44,8 +44,7 @@ def main():
 
     print(f"One epoch at n={n_epoch}, d={d_epoch} (lam=1, rho=1e-2):")
     print(
-        "| classes | DRO epoch (s) | SGDClassifier epoch (s) | X @ W (s) | DRO / SGD "
-        "| DRO / X@W |"
+        "| classes | DRO epoch (s) | SGDClassifier epoch (s) | X @ W (s) | DRO / SGD | DRO / X@W |"
     )
     print("|---|---|---|---|---|---|")
     for n_classes in (2, 10):

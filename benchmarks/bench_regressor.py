@@ -39,9 +39,7 @@ def dro_epoch_time(X, y, lam):
 
 
 def sgd_epoch_time(X, y):
-    return best_time(
-        lambda: quiet_fit(SGDRegressor(max_iter=1, tol=None, random_state=0), X, y)
-    )
+    return best_time(lambda: quiet_fit(SGDRegressor(max_iter=1, tol=None, random_state=0), X, y))
 
 
 def main():

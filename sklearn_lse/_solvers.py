@@ -53,18 +53,17 @@ class Problem:
 
     @classmethod
     def build(cls, X, y, p, *, n_outputs, loss, eps, lam, rho, alpha, fit_intercept):
-        second_moment = np.einsum("ij,ij,i->j", X, X, p)  # no temporary copy of X
-        if fit_intercept:
-            mean = X.T @ p
-            var = np.maximum(second_moment - mean * mean, 0.0)
-        else:
-            mean = np.zeros(X.shape[1])
-            var = second_moment
+        mean = X.T @ p if fit_intercept else np.zeros(X.shape[1])
+        # the variance about the mean in two passes (E x^2 - (E x)^2 would leave rounding
+        # of order 1e-16 E x^2 for constant columns, mistaken for a tiny scale), by chunks
+        # of rows so that no copy of X is made
+        var = np.zeros(X.shape[1])
+        for start in range(0, X.shape[0], 8192):
+            centred = X[start : start + 8192] - mean
+            var += np.einsum("ij,ij,i->j", centred, centred, p[start : start + 8192])
         scale = np.sqrt(var)
         inv_scale = 1.0 / np.where(scale > 1e-12 * (1.0 + np.abs(mean)), scale, 1.0)
-        return cls(
-            X, y, p, n_outputs, loss, eps, lam, rho, alpha, fit_intercept, mean, inv_scale
-        )
+        return cls(X, y, p, n_outputs, loss, eps, lam, rho, alpha, fit_intercept, mean, inv_scale)
 
     @property
     def dim(self):

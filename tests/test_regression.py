@@ -354,3 +354,17 @@ def test_verbose_prints_one_line_per_epoch(capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch")]
     assert len(lines) == model.n_iter_
     assert "objective" in lines[-1] and "elapsed" in lines[-1]
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sgd"])
+def test_constant_column_changes_nothing(solver):
+    """A constant column (here 1/3, whose variance E x^2 - (E x)^2 rounds to 1e-15) is
+    collinear with the intercept: the fit and its predictions are those without it."""
+    X, y = make_data("gaussian", 600)
+    Xc = np.column_stack((X, np.full(600, 1 / 3)))
+    kw = dict(lam=1.0, rho=1e-2, solver=solver, random_state=0)
+    with_column = DRORegressor(**kw).fit(Xc, y)
+    without = DRORegressor(**kw).fit(X, y)
+    assert with_column.risk_ == pytest.approx(without.risk_, rel=1e-6)
+    atol = 1e-4 if solver == "lbfgs" else 1e-2  # sgd: the same objective to its tol
+    np.testing.assert_allclose(with_column.predict(Xc), without.predict(X), atol=atol)
