@@ -14,7 +14,14 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import risk
-from ._solvers import Problem, fit_lbfgs, fit_sgd, warn_not_converged
+from ._solvers import (
+    Problem,
+    fit_lbfgs,
+    fit_sgd,
+    snapshot,
+    stochastic_newton_step,
+    warn_not_converged,
+)
 
 __all__ = ["DROLinearModel", "Interval", "StrOptions", "_fit_context"]
 
@@ -62,10 +69,8 @@ class DROLinearModel(BaseEstimator):
                 "vector, or use sklearn.multioutput for several targets."
             )
 
-    def _fit_linear(self, X, y, p, *, loss, eps, n_outputs=1):
-        """Solve for (W, b) of shapes (d, K) and (K,) on validated arrays; returns the
-        final snapshot and the number of iterations."""
-        prob = Problem.build(
+    def _problem(self, X, y, p, *, loss, eps, n_outputs):
+        return Problem.build(
             X,
             y,
             p,
@@ -77,6 +82,11 @@ class DROLinearModel(BaseEstimator):
             alpha=float(self.alpha),
             fit_intercept=self.fit_intercept,
         )
+
+    def _fit_linear(self, X, y, p, *, loss, eps, n_outputs=1):
+        """Solve for (W, b) of shapes (d, K) and (K,) on validated arrays and store the
+        fitted model (see :meth:`_store_model`)."""
+        prob = self._problem(X, y, p, loss=loss, eps=eps, n_outputs=n_outputs)
         w, b = self._initial_point(prob)
         if self.solver == "lbfgs":
             snap, n_iter, converged = fit_lbfgs(prob, w, b, max_iter=self.max_iter, tol=self.tol)
@@ -93,14 +103,82 @@ class DROLinearModel(BaseEstimator):
                 learning_rate=self.learning_rate,
                 verbose=self.verbose,
             )
-        if not (np.all(np.isfinite(snap.w)) and np.all(np.isfinite(snap.b))):
-            raise FloatingPointError(
-                "The solver produced non-finite coefficients; the estimator was left "
-                "unchanged. Scale the features, or try solver='lbfgs'."
-            )
+        _check_finite(snap)
         if not converged:
             warn_not_converged(self.solver, self.max_iter)
-        return snap, n_iter
+        self.__dict__.pop("_stream", None)  # a full fit ends any stream of partial fits
+        self._store_model(snap.w, snap.b, snap.eta, snap.objective, n_iter)
+
+    def _partial_fit_linear(self, X, y, p, weight, *, loss, eps, n_outputs=1):
+        """One stochastic Newton step on the joint relaxed objective (W, b, eta) with the
+        block's gradient, whatever ``solver`` (see
+        :func:`~sklearn_lse._solvers.stochastic_newton_step`), from the previous iterate,
+        scaled by the block's share of the total sample ``weight`` seen so far.
+        ``risk_`` and ``eta_`` are those of the model on this block (eta solved exactly)."""
+        prob = self._problem(X, y, p, loss=loss, eps=eps, n_outputs=n_outputs)
+        stream = getattr(self, "_stream", None)
+        if stream is None:
+            rng = check_random_state(self.random_state)
+            if hasattr(self, "coef_"):  # continue from a full fit
+                w, b = self._model_point(prob)
+                eta = snapshot(prob, w, b).eta
+            else:
+                # the first block is solved to convergence: the stochastic Newton steps of
+                # the next ones average out its noise, but would be slow to undo its bias
+                # (one Newton step from the least-squares start is not near the optimum)
+                start = self._cold_start(prob)
+                first, _, _ = fit_sgd(
+                    prob, *start, rng=rng, max_iter=self.max_iter, tol=self.tol,
+                    n_iter_no_change=self.n_iter_no_change,
+                    batch_size=self._batch_size(prob.dim),
+                    learning_rate=self.learning_rate, verbose=self.verbose,
+                )  # fmt: skip
+                w, b, eta = first.w, first.b, first.eta
+            stream = {"rng": rng, "w": w, "b": b, "eta": eta, "weight": 0.0, "n_iter": 0}
+        kappa = 1.0 if self.learning_rate == "auto" else float(self.learning_rate)
+        total = stream["weight"] + weight
+        with np.errstate(over="ignore", invalid="ignore"):
+            w, b, eta = stochastic_newton_step(
+                prob,
+                stream["w"],
+                stream["b"],
+                stream["eta"],
+                step=kappa * weight / total,
+                rng=stream["rng"],
+            )
+            snap = snapshot(prob, w, b, eta)
+        if not np.isfinite(snap.objective):
+            raise FloatingPointError(
+                "partial_fit diverged on this block; the estimator was left unchanged. "
+                "Scale the features, or lower learning_rate."
+            )
+        _check_finite(snap)
+        self._stream = {
+            **stream,
+            "w": w,
+            "b": b,
+            "eta": eta,
+            "weight": total,
+            "n_iter": stream["n_iter"] + 1,
+        }
+        self._store_model(snap.w, snap.b, snap.eta, snap.objective, self._stream["n_iter"])
+
+    def _has_stochastic_gradient(self):
+        """``partial_fit`` exists only for ``rho > 0``: the exact LogSumExp risk
+        (``rho=0``) has no unbiased stochastic gradient."""
+        if self.rho == 0:
+            raise AttributeError(
+                "partial_fit needs rho > 0: the exact LogSumExp risk (rho=0) has no "
+                "unbiased stochastic gradient."
+            )
+        return True
+
+    def _store_model(self, w, b, eta, objective, n_iter):
+        """Set ``coef_`` and ``intercept_`` from W (d, K) and b (K,) (subclasses), and the
+        attributes common to both estimators."""
+        self.eta_ = float(eta)
+        self.risk_ = float(objective)
+        self.n_iter_ = int(n_iter)
 
     def _batch_size(self, dim):
         """``"auto"``: 4 D for D variables (4 (d + 2) for one output), so that the D^2
@@ -111,12 +189,16 @@ class DROLinearModel(BaseEstimator):
 
     def _initial_point(self, prob):
         if self.warm_start and hasattr(self, "coef_"):
-            d = prob.X.shape[1]
-            w = np.array(self.coef_, dtype=np.float64).reshape(-1, d).T.copy()
-            b = np.array(self.intercept_, dtype=np.float64).reshape(-1)
+            w, b = self._model_point(prob)
             if w.shape[1] == prob.n_outputs:  # else the classes changed: start afresh
                 return w, b
         return self._cold_start(prob)
+
+    def _model_point(self, prob):
+        """The fitted (W, b) as arrays of shapes (d, K) and (K,)."""
+        d = prob.X.shape[1]
+        w = np.array(self.coef_, dtype=np.float64).reshape(-1, d).T.copy()
+        return w, np.array(self.intercept_, dtype=np.float64).reshape(-1)
 
     def _losses(self, X, y):
         """Per-sample losses of the fitted model on (X, y)."""
@@ -170,3 +252,11 @@ class DROLinearModel(BaseEstimator):
     def _validate_for_predict(self, X):
         check_is_fitted(self)
         return validate_data(self, X, reset=False, dtype=np.float64, order="C")
+
+
+def _check_finite(snap):
+    if not (np.all(np.isfinite(snap.w)) and np.all(np.isfinite(snap.b))):
+        raise FloatingPointError(
+            "The solver produced non-finite coefficients; the estimator was left "
+            "unchanged. Scale the features, or try solver='lbfgs'."
+        )

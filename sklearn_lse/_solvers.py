@@ -417,6 +417,39 @@ def _newton_line_search(prob, snap, cur, max_halvings=10):
     return None
 
 
+def stochastic_newton_step(prob, w, b, eta, *, step, rng):
+    """A stochastic Newton step on the joint relaxed objective in (W, b, eta), with the
+    gradient of the block of data in ``prob`` (an unbiased estimate of the gradient of the
+    objective of the whole stream: the relaxation is an average over samples, and eta is
+    kept as given, not re-solved on the block), preconditioned by the block's Hessian and
+    scaled by ``step``. With ``step`` the block's share of the weight seen so far, the
+    iterates average the blocks' Newton steps and converge to the optimum of the stream,
+    where each block's own optimum would not. Returns (W, b, eta)."""
+    loss, dl, ddl = losses_of(prob.X, prob.y, w, b, prob.loss, prob.eps)
+    c = np.empty_like(loss)
+    risk.relaxed_factors(loss, eta, prob.lam, prob.rho, c)
+    gd = (prob.p * c)[:, None] * dl
+    grad_w = prob.X.T @ gd + prob.alpha * w
+    snap = Snapshot(w, b, np.nan, eta, dl, ddl, c, grad_w, gd.sum(axis=0))
+    newton = _Newton(prob, snap, _MIN_DAMPING, rng)
+    start = _to_standard(prob, w, b)
+    before = _joint_value(prob, loss, eta, w)
+    for _ in range(10):  # a step that raises even the block's objective overshoots
+        move = step * (newton.P @ newton.g)
+        w_new, b_new = _to_model(prob, start - move[:-1])
+        new_loss = losses_of(prob.X, prob.y, w_new, b_new, prob.loss, prob.eps)[0]
+        if _joint_value(prob, new_loss, eta - move[-1], w_new) <= before:
+            break
+        step *= 0.5
+    return w_new, b_new, eta - move[-1]
+
+
+def _joint_value(prob, loss, eta, w):
+    """The relaxed objective G(W, b, eta) + alpha/2 |W|^2 at a given eta."""
+    value = risk.relaxed_value(loss, prob.p, eta, prob.lam, prob.rho)
+    return value + 0.5 * prob.alpha * float(np.sum(w * w))
+
+
 _MIN_DAMPING = 1e-8
 
 

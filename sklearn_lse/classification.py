@@ -4,6 +4,7 @@ import numpy as np
 from scipy.special import log_expit, log_softmax
 from sklearn.base import ClassifierMixin
 from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d, validate_data
 
@@ -207,12 +208,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
                 "DROClassifier needs samples of at least 2 classes; the data contain "
                 f"1 class: {classes[0]!r}."
             )
-        p = empirical_weights(sample_weight, X.shape[0])
-        if self.class_weight is not None:
-            p = p * compute_class_weight(self.class_weight, classes=classes, y=y)[y_index]
-            if not p.sum() > 0:
-                raise ValueError("class_weight and sample_weight leave no sample any weight.")
-            p /= p.sum()
+        p, _ = self._distribution(sample_weight, classes, y, y_index)
         weighted = np.bincount(y_index, weights=p, minlength=classes.shape[0]) > 0
         if weighted.sum() < 2:
             raise ValueError(
@@ -220,14 +216,94 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
                 f"sample_weight leaves 1 class: {classes[weighted][0]!r}."
             )
         code, target, n_outputs = _encode(y_index, classes.shape[0])
-        snap, n_iter = self._fit_linear(X, target, p, loss=code, eps=0.0, n_outputs=n_outputs)
+        self._fit_linear(X, target, p, loss=code, eps=0.0, n_outputs=n_outputs)
         self.classes_ = classes
-        self.coef_ = np.ascontiguousarray(snap.w.T)
-        self.intercept_ = snap.b.copy()
-        self.eta_ = float(snap.eta)
-        self.risk_ = float(snap.objective)
-        self.n_iter_ = n_iter
         return self
+
+    @available_if(DROLinearModel._has_stochastic_gradient)
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """Update the model with one stochastic epoch on a block of samples.
+
+        For data that arrive in blocks (streams, out-of-core arrays, Dask chunks): each
+        call takes one pass of the stochastic solver over the block, from the previous
+        iterate, whatever ``solver`` is, and the model is the average of the iterates
+        after each block, weighted by the blocks' total sample weight. Feeding every block
+        of a dataset k times gives about the objective of ``fit`` with ``max_iter=k``
+        (blocks should be shuffled samples; a block may miss classes).
+        Available for ``rho > 0`` only; ``class_weight="balanced"`` is not available (it
+        needs all labels at once; pass a dict). After :meth:`fit`, it continues from the
+        fitted model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A block of training data.
+        y : array-like of shape (n_samples,)
+            Its labels, all among ``classes``.
+        classes : array-like of shape (n_classes,), default=None
+            All the classes of the stream; required on the first call (the first block may
+            not contain them all), and if given later, the same.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the block's samples (within the block, they are the
+            empirical distribution; across blocks, their totals weight the average).
+
+        Returns
+        -------
+        self : DROClassifier
+            Updated estimator.
+        """
+        first = not hasattr(self, "classes_")
+        if classes is not None:
+            classes = np.unique(column_or_1d(classes))
+        if first:
+            if classes is None:
+                raise ValueError(
+                    "classes must be passed on the first call to partial_fit: all the labels "
+                    "of the stream, e.g. classes=np.unique(y_all)."
+                )
+            if classes.shape[0] < 2:
+                raise ValueError(
+                    f"DROClassifier needs at least 2 classes; classes has 1 class: {classes}."
+                )
+        elif classes is not None and not np.array_equal(classes, self.classes_):
+            raise ValueError(
+                f"classes={classes.tolist()} differs from the classes of the first call to "
+                f"partial_fit, {self.classes_.tolist()}."
+            )
+        else:
+            classes = self.classes_
+        if self.class_weight == "balanced":
+            raise ValueError(
+                "class_weight='balanced' needs all the labels at once and is not available "
+                "with partial_fit; pass a dict of class weights."
+            )
+        self._check_target_1d(y)
+        X, y = validate_data(
+            self, X, y, reset=first and not hasattr(self, "coef_"), dtype=np.float64, order="C"
+        )
+        y_index = _label_index(y, classes)
+        p, weight = self._distribution(sample_weight, classes, y, y_index)
+        code, target, n_outputs = _encode(y_index, classes.shape[0])
+        self._partial_fit_linear(X, target, p, weight, loss=code, eps=0.0, n_outputs=n_outputs)
+        self.classes_ = classes
+        return self
+
+    def _distribution(self, sample_weight, classes, y, y_index):
+        """The empirical distribution (sample weights times class weights, normalised)
+        and the total sample weight."""
+        p, total = empirical_weights(sample_weight, y_index.shape[0], return_total=True)
+        if self.class_weight is not None:
+            p = p * compute_class_weight(self.class_weight, classes=classes, y=y)[y_index]
+            if not p.sum() > 0:
+                raise ValueError("class_weight and sample_weight leave no sample any weight.")
+            p /= p.sum()
+        return p, total
+
+    def _store_model(self, w, b, eta, objective, n_iter):
+        self.coef_ = np.ascontiguousarray(w.T)
+        self.intercept_ = b.copy()
+        super()._store_model(w, b, eta, objective, n_iter)
 
     def _cold_start(self, prob):
         # zero coefficients and the intercepts of the class frequencies: the best constant
@@ -319,19 +395,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         y = column_or_1d(y)
         if y.shape[0] != X.shape[0]:
             raise ValueError(f"y has {y.shape[0]} samples but X has {X.shape[0]}.")
-        try:
-            index = np.searchsorted(self.classes_, y)
-            unseen = (index >= self.classes_.shape[0]) | (
-                self.classes_[np.minimum(index, self.classes_.shape[0] - 1)] != y
-            )
-        except TypeError:  # labels that do not even compare with the classes
-            index, unseen = None, np.ones(y.shape[0], dtype=bool)
-        if np.any(unseen):
-            raise ValueError(
-                f"y contains labels not seen during fit: {np.unique(y[unseen]).tolist()}; "
-                f"the classes are {self.classes_.tolist()}."
-            )
-        code, target, _ = _encode(index, self.classes_.shape[0])
+        code, target, _ = _encode(_label_index(y, self.classes_), self.classes_.shape[0])
         w, b = self.coef_.T, self.intercept_
         return losses_of(X, target, w, b, code, 0.0)[0]
 
@@ -339,6 +403,23 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = True
         return tags
+
+
+def _label_index(y, classes):
+    """Index of each label in the sorted ``classes``; ValueError for other labels."""
+    try:
+        index = np.searchsorted(classes, y)
+        unseen = (index >= classes.shape[0]) | (
+            classes[np.minimum(index, classes.shape[0] - 1)] != y
+        )
+    except TypeError:  # labels that do not even compare with the classes
+        index, unseen = None, np.ones(y.shape[0], dtype=bool)
+    if np.any(unseen):
+        raise ValueError(
+            f"y contains labels not seen during fit: {np.unique(y[unseen]).tolist()}; "
+            f"the classes are {classes.tolist()}."
+        )
+    return index
 
 
 def _encode(index, n_classes):

@@ -4,6 +4,7 @@ from numbers import Real
 
 import numpy as np
 from sklearn.base import RegressorMixin
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import validate_data
 
 from ._base import DROLinearModel, Interval, StrOptions, _fit_context
@@ -190,20 +191,55 @@ class DRORegressor(RegressorMixin, DROLinearModel):
             Fitted estimator.
         """
         self._check_solver_params()
-        self._check_target_1d(y)
-        X, y = validate_data(
-            self, X, y, dtype=np.float64, order="C", y_numeric=True, multi_output=False
-        )
-        p = empirical_weights(sample_weight, X.shape[0])
-        snap, n_iter = self._fit_linear(
-            X, y, p, loss=LOSS_CODES[self.loss], eps=float(self.epsilon)
-        )
-        self.coef_ = snap.w[:, 0]
-        self.intercept_ = float(snap.b[0])
-        self.eta_ = float(snap.eta)
-        self.risk_ = float(snap.objective)
-        self.n_iter_ = n_iter
+        X, y, p, _ = self._validate_training_data(X, y, sample_weight, reset=True)
+        self._fit_linear(X, y, p, loss=LOSS_CODES[self.loss], eps=float(self.epsilon))
         return self
+
+    @available_if(DROLinearModel._has_stochastic_gradient)
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None):
+        """Update the model with one stochastic epoch on a block of samples.
+
+        For data that arrive in blocks (streams, out-of-core arrays, Dask chunks): each
+        call takes one pass of the stochastic solver over the block, from the previous
+        iterate, whatever ``solver`` is, and the model is the average of the iterates
+        after each block, weighted by the blocks' total sample weight. Feeding every block
+        of a dataset k times gives about the objective of ``fit`` with ``max_iter=k``.
+        Available for ``rho > 0`` only. After :meth:`fit`, it continues from the fitted model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A block of training data.
+        y : array-like of shape (n_samples,)
+            Its targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the block's samples (within the block, they are the
+            empirical distribution; across blocks, their totals weight the average).
+
+        Returns
+        -------
+        self : DRORegressor
+            Updated estimator.
+        """
+        first = not hasattr(self, "_stream") and not hasattr(self, "coef_")
+        X, y, p, weight = self._validate_training_data(X, y, sample_weight, reset=first)
+        self._partial_fit_linear(
+            X, y, p, weight, loss=LOSS_CODES[self.loss], eps=float(self.epsilon)
+        )
+        return self
+
+    def _validate_training_data(self, X, y, sample_weight, *, reset):
+        """Validated (X, y), the empirical distribution and the block's total weight."""
+        self._check_target_1d(y)
+        X, y = validate_data(self, X, y, reset=reset, dtype=np.float64, order="C", y_numeric=True)
+        p, weight = empirical_weights(sample_weight, X.shape[0], return_total=True)
+        return X, y, p, weight
+
+    def _store_model(self, w, b, eta, objective, n_iter):
+        self.coef_ = w[:, 0].copy()
+        self.intercept_ = float(b[0])
+        super()._store_model(w, b, eta, objective, n_iter)
 
     def _cold_start(self, prob):
         # the ridge / least-squares fit (the lam -> inf limit) is one Gram pass away

@@ -306,13 +306,15 @@ def _check_losses(losses):
     return np.ascontiguousarray(losses)
 
 
-def empirical_weights(sample_weight, n_samples):
-    """The empirical distribution ``p_hat``: normalised ``sample_weight``, uniform if None.
+def empirical_weights(sample_weight, n_samples, *, return_total=False):
+    """The empirical distribution ``p_hat``: normalised ``sample_weight``, uniform if None
+    (and with ``return_total``, the total weight before normalisation).
 
     Raises ValueError for a wrong length, negative, non-finite or all-zero weights.
     """
     if sample_weight is None:
-        return np.full(n_samples, 1.0 / n_samples)
+        p = np.full(n_samples, 1.0 / n_samples)
+        return (p, float(n_samples)) if return_total else p
     w = np.asarray(sample_weight, dtype=np.float64)
     if w.ndim == 0:
         w = np.full(n_samples, float(w))
@@ -327,7 +329,8 @@ def empirical_weights(sample_weight, n_samples):
     total = w.sum()
     if not total > 0:
         raise ValueError("sample_weight must have a positive sum (all weights are zero or less).")
-    return np.ascontiguousarray(w / total)
+    p = np.ascontiguousarray(w / total)
+    return (p, float(total)) if return_total else p
 
 
 def _prepare(losses, lam, rho, sample_weight, *, allow_zero_rho=True):
