@@ -1,0 +1,61 @@
+"""Out-of-core and distributed training through dask-ml's Incremental wrapper, on a local
+dask.distributed cluster: each chunk of a dask array reaches the estimator's partial_fit."""
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+wrappers = pytest.importorskip("dask_ml.wrappers")
+
+from sklearn_lse import DROClassifier, DRORegressor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def chunked_data(n=20000, d=5, chunk=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    y = X @ np.arange(1.0, d + 1) + rng.normal(size=n)
+    return X, y, da.from_array(X, chunks=(chunk, d)), da.from_array(y, chunks=chunk)
+
+
+def test_incremental_regressor_on_a_local_cluster(client):
+    X, y, Xd, yd = chunked_data()
+    reg = DRORegressor(lam=1.0, rho=1e-2, random_state=0)
+    inc = wrappers.Incremental(reg, shuffle_blocks=False).fit(Xd, yd)
+    model = inc.estimator_
+    assert model.n_iter_ == 10  # one partial_fit per chunk
+    # the same blocks fed by hand, in the same order, give the same model
+    by_hand = DRORegressor(lam=1.0, rho=1e-2, random_state=0)
+    for rows in np.array_split(np.arange(len(y)), 10):
+        by_hand.partial_fit(X[rows], y[rows])
+    np.testing.assert_allclose(model.coef_, by_hand.coef_, rtol=1e-12)
+    batch = DRORegressor(lam=1.0, rho=1e-2, random_state=0).fit(X, y)
+    assert model.robust_risk(X, y) <= batch.risk_ * (1 + 1e-2)
+    prediction = inc.predict(Xd)
+    assert isinstance(prediction, da.Array)
+    np.testing.assert_allclose(prediction.compute(), model.predict(X))
+
+
+def test_incremental_classifier_on_a_local_cluster(client):
+    X, y, Xd, yd = chunked_data(seed=1)
+    labels = np.where(y > np.median(y), "high", "low")
+    ld = da.from_array(labels, chunks=2000)
+    clf = DROClassifier(lam=1.0, rho=1e-2, random_state=0)
+    inc = wrappers.Incremental(clf).fit(Xd, ld, classes=["high", "low"])
+    model = inc.estimator_
+    np.testing.assert_array_equal(model.classes_, ["high", "low"])
+    batch = DROClassifier(lam=1.0, rho=1e-2, random_state=0).fit(X, labels)
+    penalty = 0.5 * model.alpha * np.sum(model.coef_**2)
+    assert model.robust_risk(X, labels) + penalty <= batch.risk_ * (1 + 1e-2)
+    assert inc.score(Xd, ld) > 0.9
