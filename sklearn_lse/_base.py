@@ -23,7 +23,11 @@ from ._solvers import (
     warn_not_converged,
 )
 
-__all__ = ["DROLinearModel", "Interval", "StrOptions", "_fit_context"]
+__all__ = ["DROLinearModel", "FLOAT_DTYPES", "Interval", "StrOptions", "_fit_context"]
+
+# float32 data are trained in float32 storage (no float64 copy of X), with float64
+# accumulation; anything else is converted to float64
+FLOAT_DTYPES = (np.float64, np.float32)
 
 
 class DROLinearModel(BaseEstimator):
@@ -107,7 +111,7 @@ class DROLinearModel(BaseEstimator):
         if not converged:
             warn_not_converged(self.solver, self.max_iter)
         self.__dict__.pop("_stream", None)  # a full fit ends any stream of partial fits
-        self._store_model(snap.w, snap.b, snap.eta, snap.objective, n_iter)
+        self._store_model(snap.w.astype(X.dtype), snap.b, snap.eta, snap.objective, n_iter)
 
     def _partial_fit_linear(self, X, y, p, weight, *, loss, eps, n_outputs=1):
         """One stochastic Newton step on the joint relaxed objective (W, b, eta) with the
@@ -161,7 +165,9 @@ class DROLinearModel(BaseEstimator):
             "weight": total,
             "n_iter": stream["n_iter"] + 1,
         }
-        self._store_model(snap.w, snap.b, snap.eta, snap.objective, self._stream["n_iter"])
+        self._store_model(
+            snap.w.astype(X.dtype), snap.b, snap.eta, snap.objective, self._stream["n_iter"]
+        )
 
     def _has_stochastic_gradient(self):
         """``partial_fit`` exists only for ``rho > 0``: the exact LogSumExp risk
@@ -251,7 +257,7 @@ class DROLinearModel(BaseEstimator):
 
     def _validate_for_predict(self, X):
         check_is_fitted(self)
-        return validate_data(self, X, reset=False, dtype=np.float64, order="C")
+        return validate_data(self, X, reset=False, dtype=FLOAT_DTYPES, order="C")
 
 
 def _check_finite(snap):

@@ -29,6 +29,34 @@ from ._kernels import (
     systematic_draws,
 )
 
+_CHUNK = 8192  # rows per chunk in the passes that must not copy X
+
+
+def rows64(X, rows):
+    """Rows of X in float64: a view for float64 data, a chunk-sized copy for float32."""
+    return np.asarray(X[rows], dtype=np.float64)
+
+
+def matmul(X, W):
+    """``X @ W`` accumulated in float64, without a float64 copy of a float32 X."""
+    if X.dtype == np.float64:
+        return X @ W
+    out = np.empty((X.shape[0],) + np.shape(W)[1:])
+    for start in range(0, X.shape[0], _CHUNK):
+        out[start : start + _CHUNK] = rows64(X, slice(start, start + _CHUNK)) @ W
+    return out
+
+
+def rmatmul(X, G):
+    """``X.T @ G`` accumulated in float64, without a float64 copy of a float32 X."""
+    if X.dtype == np.float64:
+        return X.T @ G
+    out = np.zeros((X.shape[1],) + np.shape(G)[1:])
+    for start in range(0, X.shape[0], _CHUNK):
+        rows = slice(start, start + _CHUNK)
+        out += rows64(X, rows).T @ G[rows]
+    return out
+
 
 @dataclass
 class Problem:
@@ -53,14 +81,14 @@ class Problem:
 
     @classmethod
     def build(cls, X, y, p, *, n_outputs, loss, eps, lam, rho, alpha, fit_intercept):
-        mean = X.T @ p if fit_intercept else np.zeros(X.shape[1])
+        mean = rmatmul(X, p) if fit_intercept else np.zeros(X.shape[1])
         # the variance about the mean in two passes (E x^2 - (E x)^2 would leave rounding
         # of order 1e-16 E x^2 for constant columns, mistaken for a tiny scale), by chunks
         # of rows so that no copy of X is made
         var = np.zeros(X.shape[1])
-        for start in range(0, X.shape[0], 8192):
-            centred = X[start : start + 8192] - mean
-            var += np.einsum("ij,ij,i->j", centred, centred, p[start : start + 8192])
+        for start in range(0, X.shape[0], _CHUNK):
+            centred = rows64(X, slice(start, start + _CHUNK)) - mean
+            var += np.einsum("ij,ij,i->j", centred, centred, p[start : start + _CHUNK])
         scale = np.sqrt(var)
         inv_scale = 1.0 / np.where(scale > 1e-12 * (1.0 + np.abs(mean)), scale, 1.0)
         return cls(X, y, p, n_outputs, loss, eps, lam, rho, alpha, fit_intercept, mean, inv_scale)
@@ -89,7 +117,7 @@ class Snapshot:
 def losses_of(X, y, w, b, loss_code, eps):
     """Per-sample losses and their derivatives in the prediction (see
     :func:`~sklearn_lse._kernels.pointwise_losses`); ``w`` of shape (d, K), ``b`` (K,)."""
-    pred = X @ w + b
+    pred = matmul(X, w) + b
     loss = np.empty(pred.shape[0])
     dl = np.empty_like(pred)
     ddl = np.empty_like(pred)
@@ -111,7 +139,7 @@ def snapshot(prob, w, b, eta_guess=np.nan):
         np.divide(c, prob.p, out=c, where=prob.p > 0)
         eta = value
     gd = (prob.p * c)[:, None] * dl
-    grad_w = prob.X.T @ gd + prob.alpha * w
+    grad_w = rmatmul(prob.X, gd) + prob.alpha * w
     objective = value + 0.5 * prob.alpha * float(np.sum(w * w))
     return Snapshot(w, b, objective, eta, dl, ddl, c, grad_w, gd.sum(axis=0))
 
@@ -173,7 +201,7 @@ def fit_lbfgs(prob, w, b, *, max_iter, tol):
     return snapshot(prob, w, b), int(res.nit), res.status != 1
 
 
-def _gram(X, a, v, chunk=8192):
+def _gram(X, a, v, chunk=_CHUNK):
     """``X^T diag(a) X`` and ``X^T v`` in one pass over chunks of rows (each chunk is read
     from cache for both products, and no copy of X is made)."""
     d = X.shape[1]
@@ -181,7 +209,7 @@ def _gram(X, a, v, chunk=8192):
     moment = np.zeros(d)
     for start in range(0, X.shape[0], chunk):
         rows = slice(start, start + chunk)
-        Xc = X[rows]
+        Xc = rows64(X, rows)
         gram += Xc.T @ (Xc * a[rows, None])
         moment += Xc.T @ v[rows]
     return gram, moment
@@ -236,10 +264,10 @@ def _curvature_sums(prob, snap, e, pi, rng, blocks):
         weights = 1.0 / (m * pi[sample])
     raw = np.zeros((K, d + 1, d + 1) if blocks else (d + 1, K, d + 1, K))
     cross = np.zeros((d + 1, K))
-    chunk = int(min(8192, max(64, 2**21 // ((d + 1) * (1 if blocks else K * K)))))
+    chunk = int(min(_CHUNK, max(64, 2**21 // ((d + 1) * (1 if blocks else K * K)))))
     for start in range(0, m if sketch else n, chunk):
         rows = sample[start : start + chunk] if sketch else slice(start, start + chunk)
-        Xc = X[rows]
+        Xc = rows64(X, rows)
         A = np.empty((Xc.shape[0], K, K))
         curvature_matrix(
             prob.loss, prob.p[rows], snap.c[rows], snap.dl[rows], snap.ddl[rows],
@@ -266,9 +294,7 @@ def _curvature_sums(prob, snap, e, pi, rng, blocks):
             raw[d, :, :d, :] += xa.transpose(1, 0, 2)
             raw[d, :, d, :] += A.sum(axis=0)
     if sketch:  # the cross terms with eta stay exact: one pass
-        for start in range(0, n, 8192):
-            rows = slice(start, start + 8192)
-            cross[:d] += X[rows].T @ e[rows]
+        cross[:d] = rmatmul(X, e)
         cross[d] = e.sum(axis=0)
     # to the standardised rows z = M (x, 1), M = [[diag(s), -s * mean], [0, 1]]
     M = np.eye(d + 1)
@@ -429,7 +455,7 @@ def stochastic_newton_step(prob, w, b, eta, *, step, rng):
     c = np.empty_like(loss)
     risk.relaxed_factors(loss, eta, prob.lam, prob.rho, c)
     gd = (prob.p * c)[:, None] * dl
-    grad_w = prob.X.T @ gd + prob.alpha * w
+    grad_w = rmatmul(prob.X, gd) + prob.alpha * w
     snap = Snapshot(w, b, np.nan, eta, dl, ddl, c, grad_w, gd.sum(axis=0))
     newton = _Newton(prob, snap, _MIN_DAMPING, rng)
     start = _to_standard(prob, w, b)

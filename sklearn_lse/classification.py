@@ -8,7 +8,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d, validate_data
 
-from ._base import DROLinearModel, StrOptions, _fit_context
+from ._base import FLOAT_DTYPES, DROLinearModel, StrOptions, _fit_context
 from ._kernels import LOG_LOSS, MULTINOMIAL
 from ._solvers import losses_of
 from .risk import empirical_weights
@@ -200,7 +200,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         """
         self._check_solver_params()
         self._check_target_1d(y)
-        X, y = validate_data(self, X, y, dtype=np.float64, order="C")
+        X, y = validate_data(self, X, y, dtype=FLOAT_DTYPES, order="C")
         check_classification_targets(y)
         classes, y_index = np.unique(y, return_inverse=True)
         if classes.shape[0] < 2:
@@ -280,7 +280,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
             )
         self._check_target_1d(y)
         X, y = validate_data(
-            self, X, y, reset=first and not hasattr(self, "coef_"), dtype=np.float64, order="C"
+            self, X, y, reset=first and not hasattr(self, "coef_"), dtype=FLOAT_DTYPES, order="C"
         )
         y_index = _label_index(y, classes)
         p, weight = self._distribution(sample_weight, classes, y, y_index)
@@ -302,7 +302,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
 
     def _store_model(self, w, b, eta, objective, n_iter):
         self.coef_ = np.ascontiguousarray(w.T)
-        self.intercept_ = b.copy()
+        self.intercept_ = b.astype(w.dtype)
         super()._store_model(w, b, eta, objective, n_iter)
 
     def _cold_start(self, prob):

@@ -7,7 +7,7 @@ from sklearn.base import RegressorMixin
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import validate_data
 
-from ._base import DROLinearModel, Interval, StrOptions, _fit_context
+from ._base import FLOAT_DTYPES, DROLinearModel, Interval, StrOptions, _fit_context
 from ._kernels import LOSS_CODES
 from ._solvers import least_squares_start, losses_of
 from .risk import empirical_weights
@@ -232,7 +232,10 @@ class DRORegressor(RegressorMixin, DROLinearModel):
     def _validate_training_data(self, X, y, sample_weight, *, reset):
         """Validated (X, y), the empirical distribution and the block's total weight."""
         self._check_target_1d(y)
-        X, y = validate_data(self, X, y, reset=reset, dtype=np.float64, order="C", y_numeric=True)
+        X, y = validate_data(
+            self, X, y, reset=reset, dtype=FLOAT_DTYPES, order="C", y_numeric=True
+        )
+        y = np.asarray(y, dtype=np.float64)
         p, weight = empirical_weights(sample_weight, X.shape[0], return_total=True)
         return X, y, p, weight
 
