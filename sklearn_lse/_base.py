@@ -20,6 +20,7 @@ from ._solvers import (
     fit_sgd,
     snapshot,
     stochastic_newton_step,
+    uses_arrow_hessian,
     warn_not_converged,
 )
 
@@ -103,7 +104,7 @@ class DROLinearModel(BaseEstimator):
                 max_iter=self.max_iter,
                 tol=self.tol,
                 n_iter_no_change=self.n_iter_no_change,
-                batch_size=self._batch_size(prob.dim),
+                batch_size=self._batch_size(prob),
                 learning_rate=self.learning_rate,
                 verbose=self.verbose,
             )
@@ -134,7 +135,7 @@ class DROLinearModel(BaseEstimator):
                 first, _, _ = fit_sgd(
                     prob, *start, rng=rng, max_iter=self.max_iter, tol=self.tol,
                     n_iter_no_change=self.n_iter_no_change,
-                    batch_size=self._batch_size(prob.dim),
+                    batch_size=self._batch_size(prob),
                     learning_rate=self.learning_rate, verbose=self.verbose,
                 )  # fmt: skip
                 w, b, eta = first.w, first.b, first.eta
@@ -169,6 +170,11 @@ class DROLinearModel(BaseEstimator):
             snap.w.astype(X.dtype), snap.b, snap.eta, snap.objective, self._stream["n_iter"]
         )
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # CSR (other formats are converted)
+        return tags
+
     def _has_stochastic_gradient(self):
         """``partial_fit`` exists only for ``rho > 0``: the exact LogSumExp risk
         (``rho=0``) has no unbiased stochastic gradient."""
@@ -186,12 +192,19 @@ class DROLinearModel(BaseEstimator):
         self.risk_ = float(objective)
         self.n_iter_ = int(n_iter)
 
-    def _batch_size(self, dim):
+    def _batch_size(self, prob):
         """``"auto"``: 4 D for D variables (4 (d + 2) for one output), so that the D^2
         preconditioner costs less per step than the gradients, and the mini-batch noise
         stays below the preconditioned curvature (the per-sample smoothness is about D in
-        that metric)."""
-        return 4 * dim if self.batch_size == "auto" else self.batch_size
+        that metric). For sparse data, enough rows that their non-zeros outnumber the
+        d K coefficients, whose per-step work (centring, preconditioning) they amortise."""
+        if self.batch_size != "auto":
+            return self.batch_size
+        if uses_arrow_hessian(prob):
+            n, d = prob.X.shape
+            per_row = max(prob.X.nnz / max(n, 1), 1.0)
+            return int(min(n, max(4 * (prob.n_outputs + 1), np.ceil(2 * d / per_row))))
+        return 4 * prob.dim
 
     def _initial_point(self, prob):
         if self.warm_start and hasattr(self, "coef_"):
@@ -257,7 +270,9 @@ class DROLinearModel(BaseEstimator):
 
     def _validate_for_predict(self, X):
         check_is_fitted(self)
-        return validate_data(self, X, reset=False, dtype=FLOAT_DTYPES, order="C")
+        return validate_data(
+            self, X, reset=False, dtype=FLOAT_DTYPES, order="C", accept_sparse="csr"
+        )
 
 
 def _check_finite(snap):

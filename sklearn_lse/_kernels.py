@@ -366,3 +366,163 @@ def svrg_epoch(
         state[k] = b_avg[k] / n_avg
     state[K] = eta_avg / n_avg
     return True
+
+
+@njit(**_NJIT)
+def apply_arrow(dinv, C, Sinv, g, out):
+    """``out = P g`` for the inverse P of an arrow matrix: a diagonal block over the
+    coefficients (inverse ``dinv``), bordered by a small dense block over the intercepts
+    and eta, with cross terms ``C``; ``Sinv`` is the inverse of the border's Schur
+    complement. Costs O(len(g) * (border + 1))."""
+    m = dinv.shape[0]
+    r = C.shape[1]
+    border = np.empty(r)
+    for a in range(r):
+        border[a] = g[m + a]
+    for i in range(m):
+        t = dinv[i] * g[i]
+        out[i] = t
+        for a in range(r):
+            border[a] -= C[i, a] * t
+    u = np.zeros(r)
+    for a in range(r):
+        for b2 in range(r):
+            u[a] += Sinv[a, b2] * border[b2]
+        out[m + a] = u[a]
+    for i in range(m):
+        acc = 0.0
+        for a in range(r):
+            acc += C[i, a] * u[a]
+        out[i] -= dinv[i] * acc
+
+
+@njit(**_NJIT)
+def svrg_epoch_csr(
+    data,
+    indices,
+    indptr,
+    aux,
+    blocks,
+    batch_size,
+    code,
+    hyper,
+    w,
+    state,
+    mean,
+    inv_scale,
+    precond,
+    dinv,
+    C,
+    Sinv,
+    mu,
+):
+    """:func:`svrg_epoch` for a CSR matrix ``(data, indices, indptr)``, preconditioned by
+    the dense matrix ``precond`` or, when it is empty (many features), by an arrow matrix
+    (see :func:`apply_arrow`): the per-sample work grows with the non-zeros of the rows;
+    the per-step work (assembling the centred gradient, preconditioning, averaging) is
+    O(d K) with the arrow, which batches of about d / (non-zeros per row) rows amortise."""
+    lam, rho, alpha, eps, step = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
+    log_rho = math.log(rho)
+    n = indptr.shape[0] - 1
+    K, d = w.shape
+    dim = (d + 1) * K + 1
+    gw = np.zeros((K, d))
+    g = np.zeros(dim)
+    move = np.zeros(dim)
+    f = np.empty(K)
+    dl = np.empty(K)
+    sum_delta = np.empty(K)
+    mw = np.zeros(K)
+    for k in range(K):
+        for j in range(d):
+            mw[k] += mean[j] * w[k, j]
+    b_c = state[:K].copy()
+    eta = state[K]
+    w_avg = np.zeros((K, d))
+    b_avg = np.zeros(K)
+    eta_avg = 0.0
+    n_avg = 0
+    n_steps = blocks.shape[0]
+    average_from = n_steps // 2
+    for step_index in range(n_steps):
+        start = blocks[step_index] * batch_size
+        stop = min(start + batch_size, n)
+        inv_b = 1.0 / (stop - start)
+        gw[:] = 0.0
+        sum_delta[:] = 0.0
+        sum_eta = 0.0
+        for i in range(start, stop):
+            for k in range(K):
+                acc = b_c[k] - mw[k]
+                for jj in range(indptr[i], indptr[i + 1]):
+                    acc += data[jj] * w[k, indices[jj]]
+                f[k] = acc
+            if code == MULTINOMIAL:
+                loss = multinomial_loss(f, int(aux[i, 0]), dl)
+            else:
+                loss, dl[0], _ = loss_and_derivatives(code, f[0], aux[i, 0], eps)
+            if not math.isfinite(loss):
+                return False
+            c = sigmoid((loss - eta) / lam + log_rho) / rho
+            r = aux[i, 2]
+            for k in range(K):
+                dk = r * (c * dl[k] - aux[i, 3 + k])
+                sum_delta[k] += dk
+                for jj in range(indptr[i], indptr[i + 1]):
+                    gw[k, indices[jj]] += dk * data[jj]
+            sum_eta += r * (aux[i, 1] - c)
+        for j in range(d):
+            for k in range(K):
+                g[j * K + k] = (
+                    inv_scale[j] * ((gw[k, j] - mean[j] * sum_delta[k]) * inv_b + alpha * w[k, j])
+                    + mu[j * K + k]
+                )
+        for k in range(K):
+            g[d * K + k] = sum_delta[k] * inv_b + mu[d * K + k]
+        g[dim - 1] = sum_eta * inv_b + mu[dim - 1]
+        if precond.shape[0] > 0:
+            for row in range(dim):
+                acc = 0.0
+                for m in range(dim):
+                    acc += precond[row, m] * g[m]
+                move[row] = acc
+        else:
+            apply_arrow(dinv, C, Sinv, g, move)
+        mw[:] = 0.0
+        for j in range(d):
+            for k in range(K):
+                w[k, j] -= step * inv_scale[j] * move[j * K + k]
+                mw[k] += mean[j] * w[k, j]
+        for k in range(K):
+            b_c[k] -= step * move[d * K + k]
+        eta -= step * move[dim - 1]
+        if step_index >= average_from:
+            for k in range(K):
+                for j in range(d):
+                    w_avg[k, j] += w[k, j]
+                b_avg[k] += b_c[k]
+            eta_avg += eta
+            n_avg += 1
+    for k in range(K):
+        for j in range(d):
+            w[k, j] = w_avg[k, j] / n_avg
+        state[k] = b_avg[k] / n_avg
+    state[K] = eta_avg / n_avg
+    return True
+
+
+@njit(**_NJIT)
+def csr_moments(data, indices, indptr, V, W, out, out_squared):
+    """In one pass over a CSR matrix X: ``out += X^T V`` and
+    ``out_squared += (X * X)^T W`` (no copy of X, nor of its squares)."""
+    m = V.shape[1]
+    m2 = W.shape[1]
+    for i in range(indptr.shape[0] - 1):
+        for jj in range(indptr[i], indptr[i + 1]):
+            j = indices[jj]
+            x = data[jj]
+            for c in range(m):
+                out[j, c] += x * V[i, c]
+            x2 = x * x
+            for c in range(m2):
+                out_squared[j, c] += x2 * W[i, c]

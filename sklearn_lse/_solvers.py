@@ -15,17 +15,21 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 
 from . import risk
 from ._kernels import (
+    apply_arrow,
     block_probabilities,
+    csr_moments,
     curvature_matrix,
     curvature_weights,
     pack_snapshot,
     pointwise_losses,
     svrg_epoch,
+    svrg_epoch_csr,
     systematic_draws,
 )
 
@@ -33,14 +37,17 @@ _CHUNK = 8192  # rows per chunk in the passes that must not copy X
 
 
 def rows64(X, rows):
-    """Rows of X in float64: a view for float64 data, a chunk-sized copy for float32."""
+    """Rows of X in float64: a view for float64 data, a chunk-sized copy for float32
+    (dense rows of a sparse X)."""
+    if sp.issparse(X):
+        return X[rows].toarray().astype(np.float64, copy=False)
     return np.asarray(X[rows], dtype=np.float64)
 
 
 def matmul(X, W):
     """``X @ W`` accumulated in float64, without a float64 copy of a float32 X."""
-    if X.dtype == np.float64:
-        return X @ W
+    if X.dtype == np.float64 or sp.issparse(X):
+        return np.asarray(X @ W)
     out = np.empty((X.shape[0],) + np.shape(W)[1:])
     for start in range(0, X.shape[0], _CHUNK):
         out[start : start + _CHUNK] = rows64(X, slice(start, start + _CHUNK)) @ W
@@ -49,8 +56,8 @@ def matmul(X, W):
 
 def rmatmul(X, G):
     """``X.T @ G`` accumulated in float64, without a float64 copy of a float32 X."""
-    if X.dtype == np.float64:
-        return X.T @ G
+    if X.dtype == np.float64 or sp.issparse(X):
+        return np.asarray(X.T @ G)
     out = np.zeros((X.shape[1],) + np.shape(G)[1:])
     for start in range(0, X.shape[0], _CHUNK):
         rows = slice(start, start + _CHUNK)
@@ -82,6 +89,16 @@ class Problem:
     @classmethod
     def build(cls, X, y, p, *, n_outputs, loss, eps, lam, rho, alpha, fit_intercept):
         mean = rmatmul(X, p) if fit_intercept else np.zeros(X.shape[1])
+        if sp.issparse(X):  # E x^2 - (E x)^2, and columns within rounding of constant
+            squares = sp.csr_matrix((X.data.astype(np.float64) ** 2, X.indices, X.indptr), X.shape)
+            second = squares.T @ p
+            var = np.maximum(second - mean * mean, 0.0)
+            var[var <= 1e-14 * second] = 0.0
+            scale = np.sqrt(var)
+            inv_scale = 1.0 / np.where(scale > 0.0, scale, 1.0)
+            return cls(
+                X, y, p, n_outputs, loss, eps, lam, rho, alpha, fit_intercept, mean, inv_scale
+            )
         # the variance about the mean in two passes (E x^2 - (E x)^2 would leave rounding
         # of order 1e-16 E x^2 for constant columns, mistaken for a tiny scale), by chunks
         # of rows so that no copy of X is made
@@ -221,6 +238,8 @@ def least_squares_start(prob):
     for the Gram matrix, solved in standardised coordinates)."""
     X, p, m, s = prob.X, prob.p, prob.mean, prob.inv_scale
     y_mean = p @ prob.y if prob.fit_intercept else 0.0
+    if sp.issparse(X):  # no Gram matrix of many sparse features: the best constant
+        return np.zeros((X.shape[1], 1)), np.array([y_mean])
     gram, moment = _gram(X, p, p * (prob.y - y_mean))
     gram -= np.outer(m, m) if prob.fit_intercept else 0.0
     A = s[:, None] * gram * s[None, :] + np.diag(0.5 * prob.alpha * s * s)
@@ -235,6 +254,21 @@ def least_squares_start(prob):
 # Exact Hessians cost n ((d + 1) K)^2 flops and an eigendecomposition of size D; above this
 # many flops, models with several outputs use the class-block-diagonal Hessian instead.
 _EXACT_HESSIAN_FLOPS = 2e9
+
+
+def exact_hessian_is_costly(prob):
+    """Whether the exact Hessian (its sums over the rows, or over a sketch of them, and
+    its eigendecomposition) would cost more than ``_EXACT_HESSIAN_FLOPS``."""
+    n, dim = prob.X.shape[0], prob.dim
+    rows = min(n, max(4 * n // (dim - 1), 100 * dim))
+    return rows * (dim - 1) ** 2 + dim**3 > _EXACT_HESSIAN_FLOPS
+
+
+def uses_arrow_hessian(prob):
+    """Sparse data with many coefficients use the arrow (diagonal plus border) Hessian,
+    which needs no dense rows; the others the exact one, or its class blocks."""
+    many = prob.X.shape[1] * prob.n_outputs > 1024
+    return sp.issparse(prob.X) and (many or exact_hessian_is_costly(prob))
 
 
 def _curvature_sums(prob, snap, e, pi, rng, blocks):
@@ -364,10 +398,21 @@ def fit_sgd(
         hyper[4] = kappa
         w_t = np.array(snap.w.T, order="C")  # a copy, in the kernel's layout (K, d)
         state = np.append(snap.b + prob.mean @ snap.w, snap.eta)
-        ok = svrg_epoch(
-            X, aux, blocks, batch_size, prob.loss, hyper, w_t, state,
-            prob.mean, prob.inv_scale, cur.P, cur.mu,
-        )  # fmt: skip
+        if sp.issparse(X):
+            empty = np.zeros((0, 0))
+            if cur.arrow:  # (dense P, arrow's diagonal, cross terms, Schur inverse)
+                precond = (empty, cur.dinv, cur.cross, cur.Sinv)
+            else:
+                precond = (cur.P, np.zeros(0), empty, empty)
+            ok = svrg_epoch_csr(
+                X.data, X.indices, X.indptr, aux, blocks, batch_size, prob.loss, hyper,
+                w_t, state, prob.mean, prob.inv_scale, *precond, cur.mu,
+            )  # fmt: skip
+        else:
+            ok = svrg_epoch(
+                X, aux, blocks, batch_size, prob.loss, hyper, w_t, state,
+                prob.mean, prob.inv_scale, cur.P, cur.mu,
+            )  # fmt: skip
         w_new = w_t.T.copy()
         new = None
         if ok and np.all(np.isfinite(w_new)) and np.all(np.isfinite(state)):
@@ -427,7 +472,7 @@ def _newton_line_search(prob, snap, cur, max_halvings=10):
     """Damped Newton step from the snapshot (eta re-solved exactly at every trial), with
     Armijo backtracking; returns the new snapshot, or None when no step decreases the
     objective."""
-    step = -cur.P @ cur.g
+    step = -cur.apply(cur.g)
     slope = float(cur.g @ step)  # = -2 * decrement
     if not slope < 0:
         return None
@@ -461,7 +506,7 @@ def stochastic_newton_step(prob, w, b, eta, *, step, rng):
     start = _to_standard(prob, w, b)
     before = _joint_value(prob, loss, eta, w)
     for _ in range(10):  # a step that raises even the block's objective overshoots
-        move = step * (newton.P @ newton.g)
+        move = step * newton.apply(newton.g)
         w_new, b_new = _to_model(prob, start - move[:-1])
         new_loss = losses_of(prob.X, prob.y, w_new, b_new, prob.loss, prob.eps)[0]
         if _joint_value(prob, new_loss, eta - move[-1], w_new) <= before:
@@ -477,6 +522,54 @@ def _joint_value(prob, loss, eta, w):
 
 
 _MIN_DAMPING = 1e-8
+
+
+def _arrow_hessian(prob, snap, e, sum_pk):
+    """The Hessian of the objective at a snapshot as an arrow matrix, for sparse data
+    with many features: the diagonal over the coefficients ``(V[j, k])``, the dense border
+    over the intercepts and eta (K + 1 variables), and the cross terms between the two.
+    Sparse products only (the squares of the non-zeros, no dense rows).
+
+    Returns ``(diag (d K,), cross (d K, K + 1), border (K + 1, K + 1))``.
+    """
+    X, m, s = prob.X, prob.mean, prob.inv_scale
+    d, K = snap.w.shape
+    n = X.shape[0]
+    diag = np.zeros((d, K))
+    cross = np.zeros((d, K, K + 1))
+    border = np.zeros((K + 1, K + 1))
+    chunk = max(_CHUNK, 2**22 // (K * K))  # all rows at once for one output
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        Xc = X[rows] if chunk < n else X
+        A = np.empty((Xc.shape[0], K, K))
+        curvature_matrix(
+            prob.loss, prob.p[rows], snap.c[rows], snap.dl[rows], snap.ddl[rows],
+            prob.lam, prob.rho, A,
+        )  # fmt: skip
+        Adiag = np.einsum("ikk->ik", A)
+        # one pass over the non-zeros for the moments of the diagonal and cross terms
+        moments = np.zeros((d, K * K + K))
+        x2_a = np.zeros((d, K))
+        V = np.column_stack((A.reshape(-1, K * K), e[rows]))
+        csr_moments(Xc.data, Xc.indices, Xc.indptr, V, Adiag, moments, x2_a)
+        x_A, x_e = moments[:, : K * K], moments[:, K * K :]
+        x_a = np.einsum("jkk->jk", x_A.reshape(d, K, K))
+        diag += s[:, None] ** 2 * (x2_a - 2 * m[:, None] * x_a + m[:, None] ** 2 * Adiag.sum(0))
+        sum_A = A.sum(axis=0)
+        cross[:, :, :K] += s[:, None, None] * (x_A.reshape(d, K, K) - m[:, None, None] * sum_A)
+        cross[:, :, K] += s[:, None] * x_e
+        border[:K, :K] += sum_A
+    sum_e = e.sum(axis=0)
+    cross[:, :, K] -= s[:, None] * m[:, None] * sum_e
+    border[:K, K] = border[K, :K] = sum_e
+    border[K, K] = sum_pk
+    diag += prob.alpha * s[:, None] ** 2
+    if not prob.fit_intercept:
+        cross[:, :, :K] = 0.0
+        border[:K, :] = border[:, :K] = 0.0
+        border[np.arange(K), np.arange(K)] = 1.0
+    return diag.ravel(), cross.reshape(d * K, K + 1), border
 
 
 class _Newton:
@@ -506,15 +599,18 @@ class _Newton:
         )
         d, K = snap.w.shape
         dim = prob.dim
-        n = prob.X.shape[0]
-        exact_flops = min(n, max(4 * n // (dim - 1), 100 * dim)) * (dim - 1) ** 2 + dim**3
-        self.blocks = K > 1 and exact_flops > _EXACT_HESSIAN_FLOPS
-        H_w, h = _curvature_sums(prob, snap, e, self.pi, rng, self.blocks)
-        if self.blocks:
+        big = exact_hessian_is_costly(prob)
+        self.arrow = uses_arrow_hessian(prob)
+        self.blocks = not self.arrow and K > 1 and big
+        if self.arrow:
+            self.diag, self.cross, self.border = _arrow_hessian(prob, snap, e, sum_pk)
+        elif self.blocks:
+            H_w, h = _curvature_sums(prob, snap, e, self.pi, rng, blocks=True)
             self.h, self.h_eta = h.ravel(), sum_pk
             self.ev, self.V = np.linalg.eigh(H_w)  # (K, d + 1) and (K, d + 1, d + 1)
             self.index = np.arange(d + 1)[None, :] * K + np.arange(K)[:, None]
         else:
+            H_w, h = _curvature_sums(prob, snap, e, self.pi, rng, blocks=False)
             H = np.empty((dim, dim))
             H[:-1, :-1] = H_w.reshape(dim - 1, dim - 1)
             H[:-1, -1] = H[-1, :-1] = h.ravel()
@@ -530,8 +626,29 @@ class _Newton:
         self.decrement_undamped = self.decrement
         self.damp(damping)
 
+    def apply(self, g):
+        """``P g``."""
+        if self.arrow:
+            out = np.empty_like(g)
+            apply_arrow(self.dinv, self.cross, self.Sinv, g, out)
+            return out
+        return self.P @ g
+
     def damp(self, damping):
         """Set the damping of ``P`` (and the decrement that goes with it)."""
+        if self.arrow:
+            K = self.border.shape[0] - 1
+            top = max(self.diag.max(), np.linalg.eigvalsh(self.border).max(), 1e-300)
+            diag = np.maximum(self.diag, 1e-12 * top) + damping * top
+            self.dinv = 1.0 / diag
+            schur = self.border + damping * top * np.eye(K + 1)
+            schur -= self.cross.T @ (self.cross * self.dinv[:, None])
+            ev, V = np.linalg.eigh(schur)
+            self.Sinv = (V / np.maximum(ev, 1e-12 * top)) @ V.T
+            if self.intercepts is not None:
+                self.Sinv[:K, :] = self.Sinv[:, :K] = 0.0
+            self.decrement = 0.5 * float(self.g @ self.apply(self.g))
+            return self
         top = max(self.ev.max(), self.h_eta if self.blocks else 0.0, 1e-300)
         ev = np.maximum(self.ev, 1e-12 * top) + damping * top
         if self.blocks:

@@ -200,7 +200,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         """
         self._check_solver_params()
         self._check_target_1d(y)
-        X, y = validate_data(self, X, y, dtype=FLOAT_DTYPES, order="C")
+        X, y = validate_data(self, X, y, dtype=FLOAT_DTYPES, order="C", accept_sparse="csr")
         check_classification_targets(y)
         classes, y_index = np.unique(y, return_inverse=True)
         if classes.shape[0] < 2:
@@ -280,7 +280,13 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
             )
         self._check_target_1d(y)
         X, y = validate_data(
-            self, X, y, reset=first and not hasattr(self, "coef_"), dtype=FLOAT_DTYPES, order="C"
+            self,
+            X,
+            y,
+            reset=first and not hasattr(self, "coef_"),
+            dtype=FLOAT_DTYPES,
+            order="C",
+            accept_sparse="csr",
         )
         y_index = _label_index(y, classes)
         p, weight = self._distribution(sample_weight, classes, y, y_index)

@@ -233,7 +233,14 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         """Validated (X, y), the empirical distribution and the block's total weight."""
         self._check_target_1d(y)
         X, y = validate_data(
-            self, X, y, reset=reset, dtype=FLOAT_DTYPES, order="C", y_numeric=True
+            self,
+            X,
+            y,
+            reset=reset,
+            dtype=FLOAT_DTYPES,
+            order="C",
+            accept_sparse="csr",
+            y_numeric=True,
         )
         y = np.asarray(y, dtype=np.float64)
         p, weight = empirical_weights(sample_weight, X.shape[0], return_total=True)
