@@ -33,10 +33,10 @@ def make(n, d, n_classes, seed=0):
     return X, y
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     n_epoch, d_epoch = (5_000, 20) if args.quick else (200_000, 100)
     n_fit, d_fit = (20_000, 10) if args.quick else (1_000_000, 20)
     quiet_fit(DROClassifier(max_iter=2, tol=0, random_state=0), *make(300, 3, 2))

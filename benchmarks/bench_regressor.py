@@ -42,10 +42,10 @@ def sgd_epoch_time(X, y):
     return best_time(lambda: quiet_fit(SGDRegressor(max_iter=1, tol=None, random_state=0), X, y))
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sizes = [(20_000, 10), (5_000, 100)] if args.quick else [(1_000_000, 10), (200_000, 100)]
     # compile once outside the timings
     quiet_fit(DRORegressor(max_iter=2, tol=0, random_state=0), *make(200, 3))

@@ -39,10 +39,10 @@ def text_like(n, n_features=100_000, density=1e-3, seed=0):
     return X, y
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     n = 10_000 if args.quick else 100_000
     X, y = text_like(n)
     quiet_fit(DROClassifier(max_iter=2, tol=0, random_state=0), X[:500], y[:500])

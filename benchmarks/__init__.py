@@ -1,0 +1,1 @@
+"""Benchmarks of sklearn_lse: ``python -m benchmarks --quick`` (or ``--full``)."""

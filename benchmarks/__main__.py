@@ -1,0 +1,72 @@
+"""Regenerate the benchmark tables and figures: ``python -m benchmarks --quick`` (a few
+minutes, run in CI) or ``python -m benchmarks --full`` (what the README quotes).
+
+Writes ``results.md`` and the PNG figures to ``--out`` (default ``benchmarks/results``)
+and prints the tables. Sections:
+
+1. the paper's experiment: relaxed SGD against the mini-batch softmax estimator
+   (``paper.py``);
+2. speed against scikit-learn's SGD and one ``X @ w`` pass, and against the full-batch
+   solver (``bench_regressor.py``, ``bench_classifier.py``, ``bench_sparse.py``);
+3. Numba compilation (``bench_compile.py``).
+"""
+
+import argparse
+import contextlib
+import io
+import time
+from pathlib import Path
+
+from . import bench_classifier, bench_compile, bench_regressor, bench_sparse, paper
+
+
+def captured(fn, *args):
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        fn(*args)
+    return buffer.getvalue().strip()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes (default)")
+    size.add_argument("--full", action="store_true", help="the sizes the README quotes")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    quick = not args.full
+    sections = []
+
+    def section(title, text):
+        block = f"## {title}\n\n{text}\n"
+        print(block, flush=True)
+        sections.append(block)
+
+    start = time.perf_counter()
+    if quick:
+        settings, batches, steps, seeds, epochs = [(1.0, 1e-3)], [10, 100], [1e-6, 1e-5], 2, 3
+    else:
+        settings = [(1.0, 1e-3), (0.1, 1e-2)]
+        batches, steps, seeds, epochs = [10, 100, 1000], [1e-7, 1e-6, 1e-5, 1e-4, 1e-3], 10, 50
+    results, optima, n_rows = paper.experiment(settings, batches, steps, seeds, epochs)
+    section(
+        f"Relaxed SGD against the mini-batch softmax estimator ({seeds} seeds, {epochs} epochs)",
+        paper.report(results, optima, n_rows, out),
+    )
+    flag = ["--quick"] if quick else []
+    section("DRORegressor speed", captured(bench_regressor.main, flag))
+    section("DROClassifier speed", captured(bench_classifier.main, flag))
+    section("Sparse data", captured(bench_sparse.main, flag))
+    section("Numba compilation", captured(bench_compile.main))
+    mode = "quick" if quick else "full"
+    header = (
+        f"# sklearn_lse benchmarks ({mode}, {time.perf_counter() - start:.0f} s)\n\n"
+        f"Regenerate with `python -m benchmarks --{mode}`.\n"
+    )
+    (out / "results.md").write_text(header + "\n" + "\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
