@@ -214,161 +214,6 @@ def systematic_draws(pi, u, out):
 
 
 @njit(**_NJIT)
-def svrg_epoch(
-    X,
-    aux,
-    blocks,
-    batch_size,
-    code,
-    hyper,
-    w,
-    state,
-    mean,
-    inv_scale,
-    precond,
-    mu,
-):
-    """One epoch of preconditioned, variance-reduced SGD on the relaxed objective, in place.
-
-    The model has K outputs ``f(x) = x W + b`` (K = 1 except for the multinomial loss).
-    The objective is ``G(W, b, eta) + alpha/2 ||W||^2`` with
-    ``G = eta - lam + (lam/rho) sum_i p_i softplus((l_i - eta)/lam + log rho)``.
-    One sample's gradient is ``c_i (x_i, 1) l'_i^T`` in ``(W, b)`` and ``1 - c_i`` in ``eta``,
-    with ``c_i = sigmoid(z_i)/rho``. The control variate is the same sample's gradient at the
-    snapshot (``aux[i, 1] = c_i``, ``aux[i, 3:] = c_i l'_i``) plus the snapshot's full
-    gradient ``mu``, so the estimate stays unbiased and its variance vanishes at the optimum.
-
-    The epoch ends at the average of its iterates over the second half of the steps.
-    The step is taken in standardised coordinates ``V = W / inv_scale`` (features centred at
-    ``mean``), ``b_c = b + mean W`` and ``eta``, flattened as ``(V[0, :], ..., V[d-1, :],
-    b_c, eta)``, preconditioned by the symmetric matrix ``precond`` (the damped inverse
-    Hessian of the objective at the snapshot, of size ``(d + 1) K + 1``).
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_samples, n_features), C order
-    aux : ndarray of shape (n_samples, 3 + K), C order
-        Per sample: target (the class index for the multinomial loss), ``c_i``, the
-        importance weight of the row within its block (see :func:`pack_snapshot`) and
-        ``c_i l'_i`` at the snapshot.
-    blocks : ndarray of int64 of shape (n_steps,)
-        Mini-batches in the order they are used, as indices of blocks of contiguous rows
-        (drawn with the probabilities of :func:`block_probabilities`): contiguous rows keep
-        the memory access sequential.
-    batch_size : int
-        Rows per block.
-    code : int
-        Loss code.
-    hyper : ndarray of shape (5,)
-        ``(lam, rho, alpha, eps, step)``.
-    w : ndarray of shape (K, n_features)
-        Coefficients (the transpose of W, so that the loops over features are contiguous),
-        replaced in place by the epoch's averaged iterate.
-    state : ndarray of shape (K + 1,)
-        ``(b_c, eta)``, replaced in place likewise.
-    mean, inv_scale : ndarray of shape (n_features,)
-    precond : ndarray of shape ((n_features + 1) K + 1, (n_features + 1) K + 1)
-    mu : ndarray of shape ((n_features + 1) K + 1,)
-        Full gradient at the snapshot in the standardised coordinates, without the penalty
-        (which is added exactly at every step).
-
-    Returns
-    -------
-    ok : bool
-        False when a loss stopped being finite (the caller restores the snapshot).
-    """
-    lam, rho, alpha, eps, step = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
-    log_rho = math.log(rho)
-    n, d = X.shape
-    K = w.shape[0]
-    dim = (d + 1) * K + 1
-    gw = np.zeros((K, d))
-    g = np.zeros(dim)
-    f = np.empty(K)
-    dl = np.empty(K)
-    sum_delta = np.empty(K)
-    mw = np.zeros(K)
-    for k in range(K):
-        for j in range(d):
-            mw[k] += mean[j] * w[k, j]
-    b_c = state[:K].copy()
-    eta = state[K]
-    # the epoch returns the average of the iterates over its second half, which cancels
-    # most of the noise of the last iterate
-    w_avg = np.zeros((K, d))
-    b_avg = np.zeros(K)
-    eta_avg = 0.0
-    n_avg = 0
-    n_steps = blocks.shape[0]
-    average_from = n_steps // 2
-    for step_index in range(n_steps):
-        start = blocks[step_index] * batch_size
-        stop = min(start + batch_size, n)
-        inv_b = 1.0 / (stop - start)
-        gw[:] = 0.0
-        sum_delta[:] = 0.0
-        sum_eta = 0.0
-        for i in range(start, stop):
-            for k in range(K):
-                acc = b_c[k] - mw[k]
-                for j in range(d):
-                    acc += X[i, j] * w[k, j]
-                f[k] = acc
-            if code == MULTINOMIAL:
-                loss = multinomial_loss(f, int(aux[i, 0]), dl)
-            else:
-                loss, dl[0], _ = loss_and_derivatives(code, f[0], aux[i, 0], eps)
-            if not math.isfinite(loss):
-                return False
-            c = sigmoid((loss - eta) / lam + log_rho) / rho
-            r = aux[i, 2]
-            for k in range(K):
-                dk = r * (c * dl[k] - aux[i, 3 + k])
-                sum_delta[k] += dk
-                for j in range(d):
-                    gw[k, j] += dk * X[i, j]
-            sum_eta += r * (aux[i, 1] - c)
-        for j in range(d):
-            for k in range(K):
-                g[j * K + k] = (
-                    inv_scale[j] * ((gw[k, j] - mean[j] * sum_delta[k]) * inv_b + alpha * w[k, j])
-                    + mu[j * K + k]
-                )
-        for k in range(K):
-            g[d * K + k] = sum_delta[k] * inv_b + mu[d * K + k]
-        g[dim - 1] = sum_eta * inv_b + mu[dim - 1]
-        for row in range(dim):  # delta = precond @ g
-            acc = 0.0
-            for m in range(dim):
-                acc += precond[row, m] * g[m]
-            delta_row = step * acc
-            if row < d * K:
-                w[row % K, row // K] -= delta_row * inv_scale[row // K]
-            elif row < dim - 1:
-                b_c[row - d * K] -= delta_row
-            else:
-                eta -= delta_row
-        for k in range(K):
-            acc = 0.0
-            for j in range(d):
-                acc += mean[j] * w[k, j]
-            mw[k] = acc
-        if step_index >= average_from:
-            for k in range(K):
-                for j in range(d):
-                    w_avg[k, j] += w[k, j]
-                b_avg[k] += b_c[k]
-            eta_avg += eta
-            n_avg += 1
-    for k in range(K):
-        for j in range(d):
-            w[k, j] = w_avg[k, j] / n_avg
-        state[k] = b_avg[k] / n_avg
-    state[K] = eta_avg / n_avg
-    return True
-
-
-@njit(**_NJIT)
 def apply_arrow(dinv, C, Sinv, g, out):
     """``out = P g`` for the inverse P of an arrow matrix: a diagonal block over the
     coefficients (inverse ``dinv``), bordered by a small dense block over the intercepts
@@ -397,7 +242,8 @@ def apply_arrow(dinv, C, Sinv, g, out):
 
 
 @njit(**_NJIT)
-def svrg_epoch_csr(
+def svrg_epoch(
+    X,
     data,
     indices,
     indptr,
@@ -416,14 +262,68 @@ def svrg_epoch_csr(
     Sinv,
     mu,
 ):
-    """:func:`svrg_epoch` for a CSR matrix ``(data, indices, indptr)``, preconditioned by
-    the dense matrix ``precond`` or, when it is empty (many features), by an arrow matrix
-    (see :func:`apply_arrow`): the per-sample work grows with the non-zeros of the rows;
-    the per-step work (assembling the centred gradient, preconditioning, averaging) is
-    O(d K) with the arrow, which batches of about d / (non-zeros per row) rows amortise."""
+    """One epoch of preconditioned, variance-reduced SGD on the relaxed objective, in place.
+
+    The model has K outputs ``f(x) = x W + b`` (K = 1 except for the multinomial loss).
+    The objective is ``G(W, b, eta) + alpha/2 ||W||^2`` with
+    ``G = eta - lam + (lam/rho) sum_i p_i softplus((l_i - eta)/lam + log rho)``.
+    One sample's gradient is ``c_i (x_i, 1) l'_i^T`` in ``(W, b)`` and ``1 - c_i`` in ``eta``,
+    with ``c_i = sigmoid(z_i)/rho``. The control variate is the same sample's gradient at the
+    snapshot (``aux[i, 1] = c_i``, ``aux[i, 3:] = c_i l'_i``) plus the snapshot's full
+    gradient ``mu``, so the estimate stays unbiased and its variance vanishes at the optimum.
+
+    The epoch ends at the average of its iterates over the second half of the steps.
+    The step is taken in standardised coordinates ``V = W / inv_scale`` (features centred at
+    ``mean``), ``b_c = b + mean W`` and ``eta``, flattened as ``(V[0, :], ..., V[d-1, :],
+    b_c, eta)``, preconditioned by the damped inverse Hessian of the objective at the
+    snapshot: the dense matrix ``precond``, or when it is empty (sparse data with many
+    features) the arrow matrix ``(dinv, C, Sinv)`` of :func:`apply_arrow`.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features), C order
+        Dense data, or an empty array when the data are the CSR matrix
+        ``(data, indices, indptr)`` (empty arrays for dense data). With CSR data the
+        per-sample work follows the non-zeros; the per-step work (assembling the centred
+        gradient, preconditioning, averaging) is O(d K) with the arrow, which batches of
+        about d / (non-zeros per row) rows amortise.
+    data, indices, indptr : ndarray
+    aux : ndarray of shape (n_samples, 3 + K), C order
+        Per sample: target (the class index for the multinomial loss), ``c_i``, the
+        importance weight of the row within its block (see :func:`pack_snapshot`) and
+        ``c_i l'_i`` at the snapshot.
+    blocks : ndarray of int64 of shape (n_steps,)
+        Mini-batches in the order they are used, as indices of blocks of contiguous rows
+        (drawn with the probabilities of :func:`block_probabilities`): contiguous rows keep
+        the memory access sequential.
+    batch_size : int
+        Rows per block.
+    code : int
+        Loss code.
+    hyper : ndarray of shape (5,)
+        ``(lam, rho, alpha, eps, step)``.
+    w : ndarray of shape (K, n_features)
+        Coefficients (the transpose of W, so that the loops over features are contiguous),
+        replaced in place by the epoch's averaged iterate.
+    state : ndarray of shape (K + 1,)
+        ``(b_c, eta)``, replaced in place likewise.
+    mean, inv_scale : ndarray of shape (n_features,)
+    precond : ndarray of shape (D, D) with D = (n_features + 1) K + 1, or (0, 0)
+    dinv, C, Sinv : ndarray
+        The arrow preconditioner when ``precond`` is empty.
+    mu : ndarray of shape (D,)
+        Full gradient at the snapshot in the standardised coordinates, without the penalty
+        (which is added exactly at every step).
+
+    Returns
+    -------
+    ok : bool
+        False when a loss stopped being finite (the caller restores the snapshot).
+    """
     lam, rho, alpha, eps, step = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
     log_rho = math.log(rho)
-    n = indptr.shape[0] - 1
+    sparse = X.shape[0] == 0
+    n = indptr.shape[0] - 1 if sparse else X.shape[0]
     K, d = w.shape
     dim = (d + 1) * K + 1
     gw = np.zeros((K, d))
@@ -438,6 +338,8 @@ def svrg_epoch_csr(
             mw[k] += mean[j] * w[k, j]
     b_c = state[:K].copy()
     eta = state[K]
+    # the epoch returns the average of the iterates over its second half, which cancels
+    # most of the noise of the last iterate
     w_avg = np.zeros((K, d))
     b_avg = np.zeros(K)
     eta_avg = 0.0
@@ -454,8 +356,12 @@ def svrg_epoch_csr(
         for i in range(start, stop):
             for k in range(K):
                 acc = b_c[k] - mw[k]
-                for jj in range(indptr[i], indptr[i + 1]):
-                    acc += data[jj] * w[k, indices[jj]]
+                if sparse:
+                    for jj in range(indptr[i], indptr[i + 1]):
+                        acc += data[jj] * w[k, indices[jj]]
+                else:
+                    for j in range(d):
+                        acc += X[i, j] * w[k, j]
                 f[k] = acc
             if code == MULTINOMIAL:
                 loss = multinomial_loss(f, int(aux[i, 0]), dl)
@@ -468,8 +374,12 @@ def svrg_epoch_csr(
             for k in range(K):
                 dk = r * (c * dl[k] - aux[i, 3 + k])
                 sum_delta[k] += dk
-                for jj in range(indptr[i], indptr[i + 1]):
-                    gw[k, indices[jj]] += dk * data[jj]
+                if sparse:
+                    for jj in range(indptr[i], indptr[i + 1]):
+                        gw[k, indices[jj]] += dk * data[jj]
+                else:
+                    for j in range(d):
+                        gw[k, j] += dk * X[i, j]
             sum_eta += r * (aux[i, 1] - c)
         for j in range(d):
             for k in range(K):

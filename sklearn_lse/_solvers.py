@@ -29,7 +29,6 @@ from ._kernels import (
     pack_snapshot,
     pointwise_losses,
     svrg_epoch,
-    svrg_epoch_csr,
     systematic_draws,
 )
 
@@ -398,21 +397,10 @@ def fit_sgd(
         hyper[4] = kappa
         w_t = np.array(snap.w.T, order="C")  # a copy, in the kernel's layout (K, d)
         state = np.append(snap.b + prob.mean @ snap.w, snap.eta)
-        if sp.issparse(X):
-            empty = np.zeros((0, 0))
-            if cur.arrow:  # (dense P, arrow's diagonal, cross terms, Schur inverse)
-                precond = (empty, cur.dinv, cur.cross, cur.Sinv)
-            else:
-                precond = (cur.P, np.zeros(0), empty, empty)
-            ok = svrg_epoch_csr(
-                X.data, X.indices, X.indptr, aux, blocks, batch_size, prob.loss, hyper,
-                w_t, state, prob.mean, prob.inv_scale, *precond, cur.mu,
-            )  # fmt: skip
-        else:
-            ok = svrg_epoch(
-                X, aux, blocks, batch_size, prob.loss, hyper, w_t, state,
-                prob.mean, prob.inv_scale, cur.P, cur.mu,
-            )  # fmt: skip
+        ok = svrg_epoch(
+            *_kernel_data(X), aux, blocks, batch_size, prob.loss, hyper, w_t, state,
+            prob.mean, prob.inv_scale, *cur.kernel_preconditioner(), cur.mu,
+        )  # fmt: skip
         w_new = w_t.T.copy()
         new = None
         if ok and np.all(np.isfinite(w_new)) and np.all(np.isfinite(state)):
@@ -466,6 +454,16 @@ def fit_sgd(
         ):
             return snap, epoch, True
     return snap, max_iter, False
+
+
+def _kernel_data(X):
+    """The data arguments of :func:`~sklearn_lse._kernels.svrg_epoch`: dense X and empty
+    CSR arrays, or an empty X and the CSR arrays (the same types either way, so that one
+    compiled kernel serves both)."""
+    if sp.issparse(X):
+        return np.zeros((0, 0), dtype=X.dtype), X.data, X.indices, X.indptr
+    index = np.zeros(0, dtype=np.int32)
+    return X, np.zeros(0, dtype=X.dtype), index, index
 
 
 def _newton_line_search(prob, snap, cur, max_halvings=10):
@@ -625,6 +623,14 @@ class _Newton:
         self.damp(_MIN_DAMPING)
         self.decrement_undamped = self.decrement
         self.damp(damping)
+
+    def kernel_preconditioner(self):
+        """``(P, dinv, C, Sinv)`` for the epoch kernel: the dense P and empty arrow
+        arrays, or an empty P and the arrow."""
+        empty = np.zeros((0, 0))
+        if self.arrow:
+            return empty, self.dinv, self.cross, self.Sinv
+        return self.P, np.zeros(0), empty, empty
 
     def apply(self, g):
         """``P g``."""
