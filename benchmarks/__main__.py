@@ -8,7 +8,9 @@ and prints the tables. Sections:
    (``paper.py``);
 2. speed against scikit-learn's SGD and one ``X @ w`` pass, and against the full-batch
    solver (``bench_regressor.py``, ``bench_classifier.py``, ``bench_sparse.py``);
-3. Numba compilation (``bench_compile.py``).
+3. against the ``dro`` package, on the same KL-ball objective (``compare_dro.py``);
+4. peak memory of a fit relative to X (``memory.py``);
+5. Numba compilation (``bench_compile.py``).
 """
 
 import argparse
@@ -17,7 +19,15 @@ import io
 import time
 from pathlib import Path
 
-from . import bench_classifier, bench_compile, bench_regressor, bench_sparse, paper
+from . import (
+    bench_classifier,
+    bench_compile,
+    bench_regressor,
+    bench_sparse,
+    compare_dro,
+    memory,
+    paper,
+)
 
 
 def captured(fn, *args):
@@ -59,6 +69,8 @@ def main(argv=None):
     section("DRORegressor speed", captured(bench_regressor.main, flag))
     section("DROClassifier speed", captured(bench_classifier.main, flag))
     section("Sparse data", captured(bench_sparse.main, flag))
+    section("Against the dro package (cvxpy)", compare_dro.report(quick))
+    section("Memory", memory.report(quick))
     section("Numba compilation", captured(bench_compile.main))
     mode = "quick" if quick else "full"
     header = (
