@@ -96,23 +96,30 @@ class DROLinearModel(BaseEstimator):
         if self.solver == "lbfgs":
             snap, n_iter, converged = fit_lbfgs(prob, w, b, max_iter=self.max_iter, tol=self.tol)
         else:
-            snap, n_iter, converged = fit_sgd(
-                prob,
-                w,
-                b,
-                rng=check_random_state(self.random_state),
-                max_iter=self.max_iter,
-                tol=self.tol,
-                n_iter_no_change=self.n_iter_no_change,
-                batch_size=self._batch_size(prob),
-                learning_rate=self.learning_rate,
-                verbose=self.verbose,
+            snap, n_iter, converged = self._fit_sgd(
+                prob, w, b, check_random_state(self.random_state)
             )
         _check_finite(snap)
         if not converged:
             warn_not_converged(self.solver, self.max_iter)
         self.__dict__.pop("_stream", None)  # a full fit ends any stream of partial fits
         self._store_model(snap.w.astype(X.dtype), snap.b, snap.eta, snap.objective, n_iter)
+
+    def _fit_sgd(self, prob, w, b, rng):
+        """The stochastic solver with the estimator's settings; (snapshot, n_iter,
+        converged)."""
+        return fit_sgd(
+            prob,
+            w,
+            b,
+            rng=rng,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            n_iter_no_change=self.n_iter_no_change,
+            batch_size=self._batch_size(prob),
+            learning_rate=self.learning_rate,
+            verbose=self.verbose,
+        )
 
     def _partial_fit_linear(self, X, y, p, weight, *, loss, eps, n_outputs=1):
         """One stochastic Newton step on the joint relaxed objective (W, b, eta) with the
@@ -132,12 +139,7 @@ class DROLinearModel(BaseEstimator):
                 # the next ones average out its noise, but would be slow to undo its bias
                 # (one Newton step from the least-squares start is not near the optimum)
                 start = self._cold_start(prob)
-                first, _, _ = fit_sgd(
-                    prob, *start, rng=rng, max_iter=self.max_iter, tol=self.tol,
-                    n_iter_no_change=self.n_iter_no_change,
-                    batch_size=self._batch_size(prob),
-                    learning_rate=self.learning_rate, verbose=self.verbose,
-                )  # fmt: skip
+                first, _, _ = self._fit_sgd(prob, *start, rng)
                 w, b, eta = first.w, first.b, first.eta
             stream = {"rng": rng, "w": w, "b": b, "eta": eta, "weight": 0.0, "n_iter": 0}
         kappa = 1.0 if self.learning_rate == "auto" else float(self.learning_rate)
