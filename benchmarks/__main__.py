@@ -7,7 +7,8 @@ and prints the tables. Sections:
 1. the paper's experiment: relaxed SGD against the mini-batch softmax estimator
    (``paper.py``);
 2. speed against scikit-learn's SGD and one ``X @ w`` pass, and against the full-batch
-   solver (``bench_regressor.py``, ``bench_classifier.py``, ``bench_sparse.py``);
+   solver as n grows (``bench_regressor.py``, ``bench_classifier.py``,
+   ``bench_sparse.py``, ``scaling.py``);
 3. against the ``dro`` package, on the same KL-ball objective (``compare_dro.py``);
 4. peak memory of a fit relative to X (``memory.py``);
 5. Numba compilation (``bench_compile.py``).
@@ -27,6 +28,7 @@ from . import (
     compare_dro,
     memory,
     paper,
+    scaling,
 )
 
 
@@ -69,6 +71,7 @@ def main(argv=None):
     section("DRORegressor speed", captured(bench_regressor.main, flag))
     section("DROClassifier speed", captured(bench_classifier.main, flag))
     section("Sparse data", captured(bench_sparse.main, flag))
+    section("Growth with n", scaling.report(quick))
     section("Against the dro package (cvxpy)", compare_dro.report(quick))
     section("Memory", memory.report(quick))
     section("Numba compilation", captured(bench_compile.main))
