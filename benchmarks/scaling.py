@@ -39,7 +39,7 @@ def report(quick):
         seconds = {}
         for solver in ("sgd", "lbfgs"):
 
-            def make_model(k, solver=solver):
+            def make_model(k, solver=solver, lam=lam):
                 return DRORegressor(
                     lam=lam, rho=1e-2, solver=solver, max_iter=k, tol=0.0, random_state=0
                 )
