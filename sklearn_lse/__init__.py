@@ -4,6 +4,7 @@ The risk functions evaluate the exact and the relaxed KL-DRO risk of any loss ve
 """
 
 from .classification import DROClassifier
+from .metrics import make_robust_scorer, robust_risk_score, worst_class_recall_score
 from .regression import DRORegressor
 from .risk import (
     gradient_factors,
@@ -21,8 +22,11 @@ __all__ = [
     "DRORegressor",
     "gradient_factors",
     "kl_dro_risk",
+    "make_robust_scorer",
     "optimal_eta",
     "relaxation_offset",
     "relaxed_objective",
+    "robust_risk_score",
     "worst_case_weights",
+    "worst_class_recall_score",
 ]
