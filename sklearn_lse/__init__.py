@@ -1,6 +1,9 @@
 """Distributionally robust (KL-DRO) linear models for scikit-learn.
 
-The risk functions evaluate the exact and the relaxed KL-DRO risk of any loss vector.
+:class:`DRORegressor` and :class:`DROClassifier` minimise the KL-DRO risk of a linear model
+through the softplus relaxation of LogSumExp. The risk functions evaluate the exact and the
+relaxed KL-DRO risk of any loss vector, and the model selection metrics of
+:mod:`sklearn_lse.metrics` are also importable from here.
 """
 
 from .classification import DROClassifier

@@ -234,10 +234,10 @@ class DROLinearModel(BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Samples.
         y : array-like of shape (n_samples,)
-            Targets.
+            Targets (class labels for :class:`~sklearn_lse.DROClassifier`).
         sample_weight : array-like of shape (n_samples,), default=None
             Weights of the empirical distribution; uniform when None.
 
@@ -253,12 +253,20 @@ class DROLinearModel(BaseEstimator):
     def robust_risk(self, X, y, sample_weight=None):
         """KL-DRO risk of the fitted model on the given samples (no penalty term).
 
+        The risk of the per-sample losses of the model at its own ``lam`` and ``rho``: the
+        expected loss under :meth:`worst_case_weights`, minus ``lam`` times the divergence
+        of these weights from the empirical distribution (the KL divergence for ``rho=0``,
+        its relaxed "safe" form, finite only for density ratios up to ``1 / rho``,
+        otherwise). On held-out data it measures the model by the criterion it was trained
+        for; to compare models fitted with different ``lam`` and ``rho``, use
+        :func:`sklearn_lse.metrics.make_robust_scorer`, whose ``lam`` and ``rho`` are fixed.
+
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Samples.
         y : array-like of shape (n_samples,)
-            Targets.
+            Targets (class labels for :class:`~sklearn_lse.DROClassifier`).
         sample_weight : array-like of shape (n_samples,), default=None
             Weights of the empirical distribution; uniform when None.
 
