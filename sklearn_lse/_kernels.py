@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .risk import sigmoid, softplus
+from .risk import sigmoid, softplus, weight
 
 _NJIT = {"cache": True, "nogil": True}
 
@@ -115,24 +115,18 @@ def curvature_matrix(code, p, c, dl, ddl, lam, rho, out):
 
 
 @njit(**_NJIT)
-def curvature_weights(code, p, c, dl, ddl, lam, rho, a, e, pk, pi):
-    """Per-sample curvature of the relaxed objective at a snapshot, and the importance
-    sampling that goes with it, in one pass.
+def curvature_terms(code, p, c, dl, ddl, lam, rho, a, e, pk):
+    """Per-sample curvature of the relaxed objective at a snapshot, for a chunk of rows.
 
     One sample's Hessian is ``c_i (grad f)^T M_i grad f + k_i grad u grad u^T`` with
     ``M_i`` the Hessian of the loss in the prediction, ``u_i = l_i - eta`` and
     ``k_i = c_i (1 - rho c_i) / lam`` the curvature of the softplus. Writes the p-weighted
     size of the coefficient of ``(x_i, 1)(x_i, 1)^T`` (``a_i = p_i (c_i tr M_i +
     k_i |l'_i|^2)``), the cross terms with eta (``e_i = -p_i k_i l'_i``, shape (n, K)) and
-    the eta-eta term (``pk_i = p_i k_i``), and to ``pi`` the sampling probabilities
-    ``pi_i = p_i / 2 + a_i / (4 sum a) + pk_i / (4 sum pk)`` (half the empirical
-    distribution, half by curvature), so that ``p_i / pi_i <= 4 (sum a) / a_i`` bounds each
-    drawn sample's weighted curvature; returns ``(sum a, sum pk)``. The one-output
-    losses have ``M_i = l''_i``; ``MULTINOMIAL`` has ``M_i = diag(s) - s s^T``, with the
-    class probabilities ``s`` in ``ddl``.
+    the eta-eta term (``pk_i = p_i k_i``). The one-output losses have ``M_i = l''_i``;
+    ``MULTINOMIAL`` has ``M_i = diag(s) - s s^T``, with the class probabilities ``s`` in
+    ``ddl``. ``a`` and ``pk`` drive the importance sampling of the stochastic epoch.
     """
-    sa = 0.0
-    sk = 0.0
     K = dl.shape[1]
     for i in range(p.shape[0]):
         k = c[i] * (1.0 - rho * c[i]) / lam
@@ -147,45 +141,6 @@ def curvature_weights(code, p, c, dl, ddl, lam, rho, a, e, pk, pi):
             e[i, j] = -p[i] * k * dl[i, j]
         a[i] = p[i] * (c[i] * trace + k * grad2)
         pk[i] = p[i] * k
-        sa += a[i]
-        sk += pk[i]
-    wa = 0.25 / sa if sa > 0.0 else 0.0
-    wk = 0.25 / sk if sk > 0.0 else 0.0
-    total = 0.0
-    for i in range(p.shape[0]):
-        pi[i] = 0.5 * p[i] + wa * a[i] + wk * pk[i]
-        total += pi[i]
-    for i in range(p.shape[0]):
-        pi[i] /= total
-    return sa, sk
-
-
-@njit(**_NJIT)
-def block_probabilities(pi, block_size, out):
-    """``out[b]``: probability of the block of rows ``[b B, (b + 1) B)``, the sum of its
-    rows' sampling probabilities."""
-    out[:] = 0.0
-    for i in range(pi.shape[0]):
-        out[i // block_size] += pi[i]
-
-
-@njit(**_NJIT)
-def pack_snapshot(p, block_pi, block_size, c, dl, aux):
-    """Write the per-sample snapshot data the stochastic epoch reads next to the target
-    (``aux[:, 0]``), so that one sample costs one cache line: ``aux[:, 1]`` the weight
-    factor ``c_i``, ``aux[:, 2]`` the importance weight ``|block| p_i / pi_block`` of the
-    row within its block of rows (0 where the block is never drawn), so that the block's
-    mean of weighted gradients is an unbiased estimate of the full gradient, and
-    ``aux[:, 3:]`` the gradient factors ``c_i l'_i`` (one per output)."""
-    n = p.shape[0]
-    K = dl.shape[1]
-    for i in range(n):
-        b = i // block_size
-        size = min(block_size, n - b * block_size)
-        aux[i, 1] = c[i]
-        aux[i, 2] = size * p[i] / block_pi[b] if block_pi[b] > 0.0 else 0.0
-        for k in range(K):
-            aux[i, 3 + k] = c[i] * dl[i, k]
 
 
 @njit(**_NJIT)
@@ -247,13 +202,17 @@ def svrg_epoch(
     data,
     indices,
     indptr,
-    aux,
+    y,
+    p,
+    block_pi,
     blocks,
     batch_size,
     code,
     hyper,
     w,
     state,
+    w_snap,
+    b_snap,
     mean,
     inv_scale,
     precond,
@@ -269,8 +228,9 @@ def svrg_epoch(
     ``G = eta - lam + (lam/rho) sum_i p_i softplus((l_i - eta)/lam + log rho)``.
     One sample's gradient is ``c_i (x_i, 1) l'_i^T`` in ``(W, b)`` and ``1 - c_i`` in ``eta``,
     with ``c_i = sigmoid(z_i)/rho``. The control variate is the same sample's gradient at the
-    snapshot (``aux[i, 1] = c_i``, ``aux[i, 3:] = c_i l'_i``) plus the snapshot's full
-    gradient ``mu``, so the estimate stays unbiased and its variance vanishes at the optimum.
+    snapshot, recomputed here from the snapshot's model (the row is in cache already, and
+    no per-sample array has to be kept between epochs), plus the snapshot's full gradient
+    ``mu``, so the estimate stays unbiased and its variance vanishes at the optimum.
 
     The epoch ends at the average of its iterates over the second half of the steps.
     The step is taken in standardised coordinates ``V = W / inv_scale`` (features centred at
@@ -288,25 +248,32 @@ def svrg_epoch(
         gradient, preconditioning, averaging) is O(d K) with the arrow, which batches of
         about d / (non-zeros per row) rows amortise.
     data, indices, indptr : ndarray
-    aux : ndarray of shape (n_samples, 3 + K), C order
-        Per sample: target (the class index for the multinomial loss), ``c_i``, the
-        importance weight of the row within its block (see :func:`pack_snapshot`) and
-        ``c_i l'_i`` at the snapshot.
+    y : ndarray of shape (n_samples,)
+        Targets (the class index for the multinomial loss).
+    p : ndarray of shape (n_samples,) or (1,)
+        The empirical distribution; one value means uniform weights.
+    block_pi : ndarray of shape (n_blocks,)
+        Probabilities with which the blocks of ``batch_size`` contiguous rows are drawn;
+        a drawn row's gradient is weighted by ``|block| p_i / block_pi`` so that the
+        block's mean is an unbiased estimate of the full gradient.
     blocks : ndarray of int64 of shape (n_steps,)
-        Mini-batches in the order they are used, as indices of blocks of contiguous rows
-        (drawn with the probabilities of :func:`block_probabilities`): contiguous rows keep
-        the memory access sequential.
+        Mini-batches in the order they are used, as indices of blocks (drawn with the
+        probabilities ``block_pi``): contiguous rows keep the memory access sequential.
     batch_size : int
         Rows per block.
     code : int
         Loss code.
-    hyper : ndarray of shape (5,)
-        ``(lam, rho, alpha, eps, step)``.
+    hyper : ndarray of shape (6,)
+        ``(lam, rho, alpha, eps, step, eta)``, the last the snapshot's ``eta``.
     w : ndarray of shape (K, n_features)
         Coefficients (the transpose of W, so that the loops over features are contiguous),
         replaced in place by the epoch's averaged iterate.
     state : ndarray of shape (K + 1,)
         ``(b_c, eta)``, replaced in place likewise.
+    w_snap : ndarray of shape (K, n_features)
+        The snapshot's coefficients, in the layout of ``w``.
+    b_snap : ndarray of shape (K,)
+        The snapshot's intercepts (not centred).
     mean, inv_scale : ndarray of shape (n_features,)
     precond : ndarray of shape (D, D) with D = (n_features + 1) K + 1, or (0, 0)
     dinv, C, Sinv : ndarray
@@ -321,6 +288,7 @@ def svrg_epoch(
         False when a loss stopped being finite (the caller restores the snapshot).
     """
     lam, rho, alpha, eps, step = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
+    eta_snap = hyper[5]
     log_rho = math.log(rho)
     sparse = X.shape[0] == 0
     n = indptr.shape[0] - 1 if sparse else X.shape[0]
@@ -330,7 +298,9 @@ def svrg_epoch(
     g = np.zeros(dim)
     move = np.zeros(dim)
     f = np.empty(K)
+    f_snap = np.empty(K)
     dl = np.empty(K)
+    dl_snap = np.empty(K)
     sum_delta = np.empty(K)
     mw = np.zeros(K)
     for k in range(K):
@@ -347,32 +317,43 @@ def svrg_epoch(
     n_steps = blocks.shape[0]
     average_from = n_steps // 2
     for step_index in range(n_steps):
-        start = blocks[step_index] * batch_size
+        block = blocks[step_index]
+        start = block * batch_size
         stop = min(start + batch_size, n)
         inv_b = 1.0 / (stop - start)
+        # importance weight of a row: |block| p_i / block_pi
+        ratio = (stop - start) / block_pi[block]
         gw[:] = 0.0
         sum_delta[:] = 0.0
         sum_eta = 0.0
         for i in range(start, stop):
             for k in range(K):
                 acc = b_c[k] - mw[k]
+                acc_snap = b_snap[k]
                 if sparse:
                     for jj in range(indptr[i], indptr[i + 1]):
                         acc += data[jj] * w[k, indices[jj]]
+                        acc_snap += data[jj] * w_snap[k, indices[jj]]
                 else:
                     for j in range(d):
                         acc += X[i, j] * w[k, j]
+                        acc_snap += X[i, j] * w_snap[k, j]
                 f[k] = acc
+                f_snap[k] = acc_snap
             if code == MULTINOMIAL:
-                loss = multinomial_loss(f, int(aux[i, 0]), dl)
+                label = int(y[i])
+                loss = multinomial_loss(f, label, dl)
+                loss_snap = multinomial_loss(f_snap, label, dl_snap)
             else:
-                loss, dl[0], _ = loss_and_derivatives(code, f[0], aux[i, 0], eps)
+                loss, dl[0], _ = loss_and_derivatives(code, f[0], y[i], eps)
+                loss_snap, dl_snap[0], _ = loss_and_derivatives(code, f_snap[0], y[i], eps)
             if not math.isfinite(loss):
                 return False
             c = sigmoid((loss - eta) / lam + log_rho) / rho
-            r = aux[i, 2]
+            c_snap = sigmoid((loss_snap - eta_snap) / lam + log_rho) / rho
+            r = ratio * weight(p, i)
             for k in range(K):
-                dk = r * (c * dl[k] - aux[i, 3 + k])
+                dk = r * (c * dl[k] - c_snap * dl_snap[k])
                 sum_delta[k] += dk
                 if sparse:
                     for jj in range(indptr[i], indptr[i + 1]):
@@ -380,7 +361,7 @@ def svrg_epoch(
                 else:
                     for j in range(d):
                         gw[k, j] += dk * X[i, j]
-            sum_eta += r * (aux[i, 1] - c)
+            sum_eta += r * (c_snap - c)
         for j in range(d):
             for k in range(K):
                 g[j * K + k] = (

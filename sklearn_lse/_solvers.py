@@ -22,11 +22,9 @@ from sklearn.exceptions import ConvergenceWarning
 from . import risk
 from ._kernels import (
     apply_arrow,
-    block_probabilities,
     csr_moments,
     curvature_matrix,
-    curvature_weights,
-    pack_snapshot,
+    curvature_terms,
     pointwise_losses,
     svrg_epoch,
     systematic_draws,
@@ -64,6 +62,23 @@ def rmatmul(X, G):
     return out
 
 
+def row_weights(p, rows, n):
+    """``p[rows]`` as an array, where a ``p`` of length 1 stands for uniform weights over
+    ``n`` samples."""
+    if p.shape[0] == 1:
+        return np.full(len(range(n)[rows]) if isinstance(rows, slice) else len(rows), p[0])
+    return p[rows]
+
+
+def weighted_column_sums(X, p):
+    """``X.T @ p`` in float64 (``p`` of length 1: uniform), without a copy of X."""
+    if p.shape[0] != 1:
+        return rmatmul(X, p)
+    if sp.issparse(X):
+        return p[0] * np.asarray(X.sum(axis=0, dtype=np.float64)).ravel()
+    return p[0] * X.sum(axis=0, dtype=np.float64)
+
+
 @dataclass
 class Problem:
     """The data and hyperparameters of one fit.
@@ -84,13 +99,17 @@ class Problem:
     fit_intercept: bool
     mean: np.ndarray
     inv_scale: np.ndarray
+    # (sum_i a_i, sum_i p_i k_i) at the last Hessian: the normalisers of the sketch's
+    # sampling probabilities (see _CurvatureSums)
+    curvature_totals: tuple = None
 
     @classmethod
     def build(cls, X, y, p, *, n_outputs, loss, eps, lam, rho, alpha, fit_intercept):
-        mean = rmatmul(X, p) if fit_intercept else np.zeros(X.shape[1])
+        """``p`` of length 1 stands for uniform weights (no per-sample array)."""
+        mean = weighted_column_sums(X, p) if fit_intercept else np.zeros(X.shape[1])
         if sp.issparse(X):  # E x^2 - (E x)^2, and columns within rounding of constant
             squares = sp.csr_matrix((X.data.astype(np.float64) ** 2, X.indices, X.indptr), X.shape)
-            second = squares.T @ p
+            second = weighted_column_sums(squares, p)
             var = np.maximum(second - mean * mean, 0.0)
             var[var <= 1e-14 * second] = 0.0
             scale = np.sqrt(var)
@@ -103,11 +122,31 @@ class Problem:
         # of rows so that no copy of X is made
         var = np.zeros(X.shape[1])
         for start in range(0, X.shape[0], _CHUNK):
-            centred = rows64(X, slice(start, start + _CHUNK)) - mean
-            var += np.einsum("ij,ij,i->j", centred, centred, p[start : start + _CHUNK])
+            rows = slice(start, start + _CHUNK)
+            centred = rows64(X, rows) - mean
+            var += np.einsum("ij,ij,i->j", centred, centred, row_weights(p, rows, X.shape[0]))
         scale = np.sqrt(var)
         inv_scale = 1.0 / np.where(scale > 1e-12 * (1.0 + np.abs(mean)), scale, 1.0)
         return cls(X, y, p, n_outputs, loss, eps, lam, rho, alpha, fit_intercept, mean, inv_scale)
+
+    def chunks(self):
+        """Slices of contiguous rows that cover the data, for the passes that must not
+        hold per-sample arrays: about 2 MB of float64 per chunk (of its non-zeros for
+        sparse data)."""
+        n, d = self.X.shape
+        per_row = self.X.nnz / max(n, 1) if sp.issparse(self.X) else d
+        size = int(min(65536, max(1024, 2**18 // max(per_row * self.n_outputs, 1))))
+        return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+    def weights(self, rows):
+        """The empirical weights of the given rows (a slice or indices), as an array."""
+        return row_weights(self.p, rows, self.X.shape[0])
+
+    def weighted_sum(self, values):
+        """``sum_i p_i values_i`` over all the samples."""
+        if self.p.shape[0] == 1:
+            return self.p[0] * np.sum(values, axis=0)
+        return self.p @ values
 
     @property
     def dim(self):
@@ -117,17 +156,39 @@ class Problem:
 
 @dataclass
 class Snapshot:
-    """Everything a full pass over the data gives at one point (W, b)."""
+    """A point (W, b), its objective and its optimal eta: one pass over the data.
+
+    No per-sample array is kept: the passes that need the losses' derivatives (the
+    gradient, the curvature, the stochastic epoch) recompute them from the model.
+    """
 
     w: np.ndarray  # (d, K)
     b: np.ndarray  # (K,)
     objective: float
     eta: float
-    dl: np.ndarray  # (n, K) gradient of each loss in the prediction
-    ddl: np.ndarray  # (n, K) second derivative (class probabilities for the multinomial)
-    c: np.ndarray  # gradient factors: worst-case weights are p * c
-    grad_w: np.ndarray  # (d, K)
-    grad_b: np.ndarray  # (K,)
+    # eta = eta0 + eta1, with eta0 subtracted from the losses first: the factors c_i are
+    # then resolved to full precision for losses far larger than lam (see
+    # risk.centred_eta); for rho = 0, eta0 is the exact risk and eta1 = 0
+    eta0: float = 0.0
+    eta1: float = 0.0
+
+
+@dataclass
+class Gradient:
+    """The full gradient at a snapshot: in W (with the penalty), in b, and ``sum_i p_i
+    c_i`` (the mass of the worst-case weights; the eta component is ``1 - mass``)."""
+
+    w: np.ndarray  # (d, K)
+    b: np.ndarray  # (K,)
+    mass: float
+
+
+def _chunk(X, rows):
+    """Rows of X for the chunked passes: a view of float64 data, a float64 copy of a
+    float32 chunk, a CSR slice of sparse data."""
+    if sp.issparse(X):
+        return X[rows]
+    return np.asarray(X[rows], dtype=np.float64)
 
 
 def losses_of(X, y, w, b, loss_code, eps):
@@ -141,36 +202,85 @@ def losses_of(X, y, w, b, loss_code, eps):
     return loss, dl, ddl
 
 
+def _chunk_losses(prob, rows, w, b):
+    """``(X rows, loss, dl, ddl)`` of one chunk of rows (a slice or sorted indices)."""
+    Xc = _chunk(prob.X, rows)
+    y = prob.y[rows]
+    loss, dl, ddl = losses_of(Xc, y, w, b, prob.loss, prob.eps)
+    return Xc, loss, dl, ddl
+
+
 def snapshot(prob, w, b, eta_guess=np.nan):
-    """Objective, optimal eta, worst-case factors and full gradient at (w, b): one pass.
+    """Objective and optimal eta at (w, b): one pass over the data for the losses (the
+    only per-sample array, freed on return), then the 1-D solve for eta.
 
     ``eta_guess`` (the optimal eta at a nearby point) warm-starts the 1-D solve."""
-    loss, dl, ddl = losses_of(prob.X, prob.y, w, b, prob.loss, prob.eps)
+    n = prob.X.shape[0]
+    losses = np.empty(n)
+    for rows in prob.chunks():
+        losses[rows] = _chunk_losses(prob, rows, w, b)[1]
+    if prob.rho > 0:
+        eta0, centred, eta1 = risk.centred_eta(
+            losses, prob.p, prob.lam, prob.rho, eta_guess, overwrite=True
+        )
+        value = eta0 + risk.relaxed_value(centred, prob.p, eta1, prob.lam, prob.rho)
+        value += prob.lam * risk.offset(prob.rho)
+        eta = eta0 + eta1
+    else:
+        value = eta = eta0 = risk.exact_risk(losses, prob.p, prob.lam)
+        eta1 = 0.0
+    objective = value + 0.5 * prob.alpha * float(np.sum(w * w))
+    return Snapshot(w, b, objective, eta, eta0, eta1)
+
+
+def _factors(prob, snap, loss):
+    """The gradient factors ``c_i`` of the losses at the snapshot's eta: the relaxed
+    ``sigmoid(z_i) / rho``, or for ``rho = 0`` the exact worst-case density ratio
+    ``exp((l_i - R) / lam)``."""
     c = np.empty_like(loss)
     if prob.rho > 0:
-        value, eta = risk.relaxed_risk(loss, prob.p, prob.lam, prob.rho, c, eta_guess)
-    else:
-        value = risk.exact_risk(loss, prob.p, prob.lam)
-        risk.exact_weights(loss, prob.p, prob.lam, c)
-        np.divide(c, prob.p, out=c, where=prob.p > 0)
-        eta = value
-    gd = (prob.p * c)[:, None] * dl
-    grad_w = rmatmul(prob.X, gd) + prob.alpha * w
-    objective = value + 0.5 * prob.alpha * float(np.sum(w * w))
-    return Snapshot(w, b, objective, eta, dl, ddl, c, grad_w, gd.sum(axis=0))
+        risk.relaxed_factors(loss - snap.eta0, snap.eta1, prob.lam, prob.rho, c)
+    else:  # l_i <= R + lam log(1 / p_i) where p_i > 0; the cap only guards p_i = 0
+        np.exp(np.minimum((loss - snap.eta0) / prob.lam, 700.0), out=c)
+    return c
 
 
-def standardised_gradient(prob, snap):
-    """Full gradient of the objective at the snapshot in the standardised coordinates
-    ``(V, b_c, eta)`` of the solvers, flattened row by row: ``V = W / inv_scale``,
-    ``b_c = b + mean W``. The eta component is zero when eta is optimal (it always is at a
-    snapshot)."""
+def derivative_chunks(prob, snap, chunks=None):
+    """Per chunk of rows (all rows by default): ``(rows, X rows, p rows, c, dl, ddl)`` at
+    the snapshot, recomputed from its model."""
+    for rows in prob.chunks() if chunks is None else chunks:
+        Xc, loss, dl, ddl = _chunk_losses(prob, rows, snap.w, snap.b)
+        yield rows, Xc, prob.weights(rows), _factors(prob, snap, loss), dl, ddl
+
+
+def full_gradient(prob, snap, on_chunk=None):
+    """The full gradient at a snapshot in one pass; ``on_chunk(rows, Xc, p, c, dl, ddl)``
+    is called on every chunk, for the passes that gather more (the curvature)."""
+    d, K = snap.w.shape
+    grad_w = np.zeros((d, K))
+    grad_b = np.zeros(K)
+    mass = 0.0
+    for rows, Xc, pc, c, dl, ddl in derivative_chunks(prob, snap):
+        weighted = pc * c
+        gd = weighted[:, None] * dl
+        grad_w += np.asarray(Xc.T @ gd)
+        grad_b += gd.sum(axis=0)
+        mass += weighted.sum()
+        if on_chunk is not None:
+            on_chunk(rows, Xc, pc, c, dl, ddl)
+    return Gradient(grad_w + prob.alpha * snap.w, grad_b, mass)
+
+
+def standardised_gradient(prob, grad):
+    """Full gradient of the objective in the standardised coordinates ``(V, b_c, eta)`` of
+    the solvers, flattened row by row: ``V = W / inv_scale``, ``b_c = b + mean W``. The
+    eta component is zero when eta is optimal (it always is at a snapshot)."""
     m, s = prob.mean[:, None], prob.inv_scale[:, None]
     g = np.empty(prob.dim)
-    g[:-1] = np.vstack((s * (snap.grad_w - m * snap.grad_b), snap.grad_b)).ravel()
+    g[:-1] = np.vstack((s * (grad.w - m * grad.b), grad.b)).ravel()
     if not prob.fit_intercept:
         g[-1 - prob.n_outputs : -1] = 0.0
-    g[-1] = 1.0 - prob.p @ snap.c
+    g[-1] = 1.0 - grad.mass
     return g
 
 
@@ -196,7 +306,7 @@ def fit_lbfgs(prob, w, b, *, max_iter, tol):
     def fun(u):
         w, b = _to_model(prob, u)
         s = snapshot(prob, w, b)
-        return s.objective, standardised_gradient(prob, s)[:-1]
+        return s.objective, standardised_gradient(prob, full_gradient(prob, s))[:-1]
 
     scale = max(1.0, abs(snapshot(prob, w, b).objective))
     res = minimize(
@@ -217,17 +327,18 @@ def fit_lbfgs(prob, w, b, *, max_iter, tol):
     return snapshot(prob, w, b), int(res.nit), res.status != 1
 
 
-def _gram(X, a, v, chunk=_CHUNK):
-    """``X^T diag(a) X`` and ``X^T v`` in one pass over chunks of rows (each chunk is read
-    from cache for both products, and no copy of X is made)."""
-    d = X.shape[1]
+def _gram(prob, y_mean):
+    """``X^T diag(p) X`` and ``X^T (p (y - y_mean))`` in one pass over chunks of rows (each
+    chunk is read from cache for both products, and no copy of X is made)."""
+    d = prob.X.shape[1]
     gram = np.zeros((d, d))
     moment = np.zeros(d)
-    for start in range(0, X.shape[0], chunk):
-        rows = slice(start, start + chunk)
-        Xc = rows64(X, rows)
-        gram += Xc.T @ (Xc * a[rows, None])
-        moment += Xc.T @ v[rows]
+    for start in range(0, prob.X.shape[0], _CHUNK):
+        rows = slice(start, start + _CHUNK)
+        Xc = rows64(prob.X, rows)
+        p = prob.weights(rows)
+        gram += Xc.T @ (Xc * p[:, None])
+        moment += Xc.T @ (p * (prob.y[rows] - y_mean))
     return gram, moment
 
 
@@ -235,11 +346,11 @@ def least_squares_start(prob):
     """Weighted least squares with the model's L2 penalty: ``min mean (f - y)^2 + alpha/2
     |w|^2``, the ``lam -> inf`` limit of the objective and a cheap starting point (one pass
     for the Gram matrix, solved in standardised coordinates)."""
-    X, p, m, s = prob.X, prob.p, prob.mean, prob.inv_scale
-    y_mean = p @ prob.y if prob.fit_intercept else 0.0
+    X, m, s = prob.X, prob.mean, prob.inv_scale
+    y_mean = prob.weighted_sum(prob.y) if prob.fit_intercept else 0.0
     if sp.issparse(X):  # no Gram matrix of many sparse features: the best constant
         return np.zeros((X.shape[1], 1)), np.array([y_mean])
-    gram, moment = _gram(X, p, p * (prob.y - y_mean))
+    gram, moment = _gram(prob, y_mean)
     gram -= np.outer(m, m) if prob.fit_intercept else 0.0
     A = s[:, None] * gram * s[None, :] + np.diag(0.5 * prob.alpha * s * s)
     rhs = s * moment
@@ -270,78 +381,193 @@ def uses_arrow_hessian(prob):
     return sp.issparse(prob.X) and (many or exact_hessian_is_costly(prob))
 
 
-def _curvature_sums(prob, snap, e, pi, rng, blocks):
-    """The Hessian of the objective at a snapshot, as sums over the raw rows
-    ``(x_i, 1)``, mapped to the standardised coordinates ``z_i = (s * (x_i - mean), 1)``
-    (no copy of X is made).
+class _CurvatureSums:
+    """The Hessian of the objective at a snapshot, gathered chunk by chunk during the
+    gradient pass (:meth:`add`), as sums over the raw rows ``(x_i, 1)`` mapped at the end
+    to the standardised coordinates ``z_i = (s * (x_i - mean), 1)`` (no copy of X, no
+    per-sample array).
 
-    Returns ``(H_w, h)``: the (W, b) block ``sum_i z_i z_i^T kron A_i`` of shape
-    (d + 1, K, d + 1, K) (with ``A_i`` from :func:`~sklearn_lse._kernels.curvature_matrix`),
-    or with ``blocks`` only its diagonal blocks per output, shape (K, d + 1, d + 1); and the
-    cross terms with eta ``h = sum_i z_i kron e_i``, shape (d + 1, K). The (W, b) block is
-    exact when it costs about as much as the stochastic pass (up to 32 coefficients);
-    beyond, it is estimated without bias from ``m = max(4 n / D, 100 (d + 2))`` rows (D the
-    number of variables; ``100 (D + 1)`` for the full block) drawn with the probabilities
-    ``pi`` (weights ``1 / (m pi_i)``): the preconditioner needs the curvature's shape, not
-    every digit. The cross terms are always exact.
+    ``mode``: ``"exact"`` gathers the (W, b) block ``sum_i z_i z_i^T kron A_i`` of shape
+    (d + 1, K, d + 1, K) (``A_i`` from :func:`~sklearn_lse._kernels.curvature_matrix`);
+    ``"blocks"`` only its diagonal blocks per output, shape (K, d + 1, d + 1); ``"arrow"``
+    (sparse data with many coefficients) the diagonal over the coefficients and the dense
+    border over the intercepts and eta, from the squares of the non-zeros. The cross terms
+    with eta ``h = sum_i z_i kron e_i`` and the eta-eta term are always exact. The (W, b)
+    block of the first two modes is exact when it costs about as much as the stochastic
+    pass (up to 32 coefficients); beyond, it is estimated without bias from about
+    ``m = max(4 n / D, 100 (d + 2))`` rows (D the number of variables; ``100 (D + 1)``
+    for the full block), each row kept with probability ``q_i = min(1, m pi_i)`` and
+    weighted by ``1 / q_i``, where ``pi`` is the importance distribution of
+    :meth:`sampling_probabilities` at the row level (its normalisers taken from the
+    previous Hessian of the same problem, or from a pilot subsample): the preconditioner
+    needs the curvature's shape, not every digit, and the heavily weighted rows that
+    shape it are kept.
     """
-    X = prob.X
-    n, d = X.shape
-    K = prob.n_outputs
-    size = d + 2 if blocks else prob.dim
-    m = max(4 * n // (prob.dim - 1), 100 * size)
-    sketch = d * K > 32 and m < n
-    if sketch:
-        sample = np.empty(m, dtype=np.int64)
-        systematic_draws(pi, rng.random(), sample)
-        weights = 1.0 / (m * pi[sample])
-    raw = np.zeros((K, d + 1, d + 1) if blocks else (d + 1, K, d + 1, K))
-    cross = np.zeros((d + 1, K))
-    chunk = int(min(_CHUNK, max(64, 2**21 // ((d + 1) * (1 if blocks else K * K)))))
-    for start in range(0, m if sketch else n, chunk):
-        rows = sample[start : start + chunk] if sketch else slice(start, start + chunk)
-        Xc = rows64(X, rows)
-        A = np.empty((Xc.shape[0], K, K))
-        curvature_matrix(
-            prob.loss, prob.p[rows], snap.c[rows], snap.dl[rows], snap.ddl[rows],
-            prob.lam, prob.rho, A,
-        )  # fmt: skip
-        if sketch:
-            A *= weights[start : start + chunk, None, None]
+
+    def __init__(self, prob, mode, block_size, rng):
+        n, d = prob.X.shape
+        K = prob.n_outputs
+        self.prob, self.mode, self.block_size, self.rng = prob, mode, block_size, rng
+        size = d + 2 if mode == "blocks" else prob.dim
+        self.m = max(4 * n // (prob.dim - 1), 100 * size)
+        self.sketch = mode != "arrow" and d * K > 32 and self.m < n
+        n_blocks = (n + block_size - 1) // block_size
+        self.block_sums = np.zeros((3, n_blocks))  # p, a and p k per block of rows
+        self.cross = np.zeros((d + 1, K))
+        if mode == "arrow":
+            self.diag = np.zeros((d, K))
+            self.arrow_cross = np.zeros((d, K, K + 1))
+            self.border = np.zeros((K + 1, K + 1))
         else:
-            cross[:d] += Xc.T @ e[rows]
-            cross[d] += e[rows].sum(axis=0)
-        if blocks:
-            A = np.einsum("ikk->ik", A)  # the diagonal, (rows, K)
-            for k in range(K):
-                raw[k, :d, :d] += Xc.T @ (Xc * A[:, k, None])
-            xa = Xc.T @ A  # (d, K)
-            raw[:, :d, d] += xa.T
-            raw[:, d, :d] += xa.T
-            raw[:, d, d] += A.sum(axis=0)
+            self.raw = np.zeros((K, d + 1, d + 1) if mode == "blocks" else (d + 1, K, d + 1, K))
+
+    def _terms(self, pc, c, dl, ddl):
+        a, pk = np.empty(pc.shape[0]), np.empty(pc.shape[0])
+        e = np.empty_like(dl)
+        prob = self.prob
+        curvature_terms(prob.loss, pc, c, dl, ddl, prob.lam, prob.rho, a, e, pk)
+        return a, e, pk
+
+    def start(self, snap):
+        """Set the sketch's normalisers: the last Hessian's totals, or a pilot estimate
+        from a strided subsample of rows."""
+        if not self.sketch:
+            return
+        if self.prob.curvature_totals is None:
+            n = self.prob.X.shape[0]
+            rows = np.unique(np.linspace(0, n - 1, min(n, 4096)).astype(np.int64))
+            _, _, pc, c, dl, ddl = next(derivative_chunks(self.prob, snap, [rows]))
+            a, _, pk = self._terms(pc, c, dl, ddl)
+            self.totals = (a.sum() * n / len(rows), pk.sum() * n / len(rows))
         else:
-            XA = (Xc[:, :, None, None] * A[:, None, :, :]).reshape(Xc.shape[0], -1)
-            raw[:d, :, :d, :] += (Xc.T @ XA).reshape(d, d, K, K).transpose(0, 2, 1, 3)
-            xa = (Xc.T @ A.reshape(-1, K * K)).reshape(d, K, K)
-            raw[:d, :, d, :] += xa
-            raw[d, :, :d, :] += xa.transpose(1, 0, 2)
-            raw[d, :, d, :] += A.sum(axis=0)
-    if sketch:  # the cross terms with eta stay exact: one pass
-        cross[:d] = rmatmul(X, e)
-        cross[d] = e.sum(axis=0)
-    # to the standardised rows z = M (x, 1), M = [[diag(s), -s * mean], [0, 1]]
-    M = np.eye(d + 1)
-    M[:d, :d] = np.diag(prob.inv_scale)
-    M[:d, d] = -prob.inv_scale * prob.mean
-    if blocks:
-        H_w = np.einsum("ia,kab,jb->kij", M, raw, M, optimize=True)
-        H_w[:, np.arange(d), np.arange(d)] += prob.alpha * prob.inv_scale**2
-    else:
-        H_w = np.einsum("ia,akbl,jb->ikjl", M, raw, M, optimize=True)
-        H_w[np.arange(d), :, np.arange(d), :] += prob.alpha * (
-            prob.inv_scale[:, None, None] ** 2 * np.eye(K)
+            self.totals = self.prob.curvature_totals
+
+    def add(self, rows, Xc, pc, c, dl, ddl):
+        """Add one chunk of rows (a slice) with its weights, factors and derivatives."""
+        a, e, pk = self._terms(pc, c, dl, ddl)
+        first, last = rows.start // self.block_size, (rows.stop - 1) // self.block_size
+        edges = np.maximum(np.arange(first, last + 1) * self.block_size - rows.start, 0)
+        self.block_sums[:, first : last + 1] += np.add.reduceat(
+            np.vstack((pc, a, pk)), edges, axis=1
         )
-    return H_w, M @ cross
+        d = self.cross.shape[0] - 1
+        self.cross[:d] += np.asarray(Xc.T @ e)
+        self.cross[d] += e.sum(axis=0)
+        if self.mode == "arrow":
+            self._add_arrow(Xc, self._matrices(pc, c, dl, ddl), e)
+        elif not self.sketch:
+            self._add_raw(Xc, self._matrices(pc, c, dl, ddl))
+        else:
+            pi = 0.5 * pc
+            for values, total in zip((a, pk), self.totals, strict=True):
+                if total > 0:
+                    pi += 0.25 * values / total
+            q = np.minimum(1.0, self.m * pi)
+            keep = self.rng.random(q.shape[0]) < q
+            A = self._matrices(pc[keep], c[keep], dl[keep], ddl[keep])
+            A /= q[keep, None, None]
+            self._add_raw(Xc[keep], A)
+
+    def _matrices(self, pc, c, dl, ddl):
+        prob = self.prob
+        A = np.empty((pc.shape[0], prob.n_outputs, prob.n_outputs))
+        curvature_matrix(prob.loss, pc, c, dl, ddl, prob.lam, prob.rho, A)
+        return A
+
+    def _add_raw(self, Xc, A):
+        raw, K = self.raw, A.shape[1]
+        Xc = Xc.toarray() if sp.issparse(Xc) else Xc
+        d = Xc.shape[1]
+        # sub-chunks keep the (rows, d, K, K) products within a few MB
+        step = int(max(64, 2**21 // ((d + 1) * (1 if self.mode == "blocks" else K * K))))
+        for start in range(0, Xc.shape[0], step):
+            X_, A_ = Xc[start : start + step], A[start : start + step]
+            if self.mode == "blocks":
+                diag = np.einsum("ikk->ik", A_)  # (rows, K)
+                for k in range(K):
+                    raw[k, :d, :d] += X_.T @ (X_ * diag[:, k, None])
+                xa = X_.T @ diag  # (d, K)
+                raw[:, :d, d] += xa.T
+                raw[:, d, :d] += xa.T
+                raw[:, d, d] += diag.sum(axis=0)
+            else:
+                XA = (X_[:, :, None, None] * A_[:, None, :, :]).reshape(X_.shape[0], -1)
+                raw[:d, :, :d, :] += (X_.T @ XA).reshape(d, d, K, K).transpose(0, 2, 1, 3)
+                xa = (X_.T @ A_.reshape(-1, K * K)).reshape(d, K, K)
+                raw[:d, :, d, :] += xa
+                raw[d, :, :d, :] += xa.transpose(1, 0, 2)
+                raw[d, :, d, :] += A_.sum(axis=0)
+
+    def _add_arrow(self, Xc, A, e):
+        """One pass over the chunk's non-zeros for the diagonal and the border's cross
+        terms (in the standardised coordinates)."""
+        m, s = self.prob.mean, self.prob.inv_scale
+        d, K = self.diag.shape
+        Adiag = np.einsum("ikk->ik", A)
+        moments = np.zeros((d, K * K + K))
+        x2_a = np.zeros((d, K))
+        V = np.column_stack((A.reshape(-1, K * K), e))
+        csr_moments(Xc.data, Xc.indices, Xc.indptr, V, Adiag, moments, x2_a)
+        x_A, x_e = moments[:, : K * K].reshape(d, K, K), moments[:, K * K :]
+        x_a = np.einsum("jkk->jk", x_A)
+        sum_A = A.sum(axis=0)
+        self.diag += s[:, None] ** 2 * (
+            x2_a - 2 * m[:, None] * x_a + m[:, None] ** 2 * Adiag.sum(axis=0)
+        )
+        self.arrow_cross[:, :, :K] += s[:, None, None] * (x_A - m[:, None, None] * sum_A)
+        self.arrow_cross[:, :, K] += s[:, None] * x_e
+        self.border[:K, :K] += sum_A
+
+    @property
+    def sum_pk(self):
+        return self.block_sums[2].sum()
+
+    def sampling_probabilities(self):
+        """Probabilities of the blocks of rows for the stochastic epoch: half the
+        empirical distribution, half by curvature (``a`` and ``p k`` in equal parts), so
+        that a drawn block's weighted curvature is bounded."""
+        p, a, pk = self.block_sums
+        pi = 0.5 * p
+        for values in (a, pk):
+            if values.sum() > 0:
+                pi += 0.25 * values / values.sum()
+        return pi / pi.sum()
+
+    def finish(self):
+        """The Hessian in the standardised coordinates: ``(H_w, h)`` for the exact and
+        block modes, ``(diag, cross, border)`` flattened for the arrow. Records the
+        totals that normalise the next sketch."""
+        prob = self.prob
+        prob.curvature_totals = (self.block_sums[1].sum(), self.block_sums[2].sum())
+        d1, K = self.cross.shape
+        d = d1 - 1
+        s, m = prob.inv_scale, prob.mean
+        if self.mode == "arrow":
+            sum_e = self.cross[d]
+            cross = self.arrow_cross
+            cross[:, :, K] -= s[:, None] * m[:, None] * sum_e
+            border = self.border
+            border[:K, K] = border[K, :K] = sum_e
+            border[K, K] = self.sum_pk
+            diag = self.diag + prob.alpha * s[:, None] ** 2
+            if not prob.fit_intercept:
+                cross[:, :, :K] = 0.0
+                border[:K, :] = border[:, :K] = 0.0
+                border[np.arange(K), np.arange(K)] = 1.0
+            return diag.ravel(), cross.reshape(d * K, K + 1), border
+        # to the standardised rows z = M (x, 1), M = [[diag(s), -s * mean], [0, 1]]
+        M = np.eye(d + 1)
+        M[:d, :d] = np.diag(s)
+        M[:d, d] = -s * m
+        if self.mode == "blocks":
+            H_w = np.einsum("ia,kab,jb->kij", M, self.raw, M, optimize=True)
+            H_w[:, np.arange(d), np.arange(d)] += prob.alpha * s**2
+        else:
+            H_w = np.einsum("ia,akbl,jb->ikjl", M, self.raw, M, optimize=True)
+            H_w[np.arange(d), :, np.arange(d), :] += prob.alpha * (
+                s[:, None, None] ** 2 * np.eye(K)
+            )
+        return H_w, M @ self.cross
 
 
 def fit_sgd(
@@ -372,34 +598,30 @@ def fit_sgd(
 
     Returns (snapshot, n_iter, converged).
     """
-    X, p, K = prob.X, prob.p, prob.n_outputs
+    X, K = prob.X, prob.n_outputs
     n = X.shape[0]
-    hyper = np.array([prob.lam, prob.rho, prob.alpha, prob.eps, 0.0])
+    hyper = np.array([prob.lam, prob.rho, prob.alpha, prob.eps, 0.0, 0.0])
     kappa_max = 1.0 if learning_rate == "auto" else float(learning_rate)
     kappa = 0.5 * kappa_max
     snap = snapshot(prob, w, b)
     if not np.isfinite(snap.objective):
         raise ValueError("The objective is not finite at the starting point.")
     damping = _MIN_DAMPING
-    cur = _Newton(prob, snap, damping, rng)
-    n_blocks = (n + batch_size - 1) // batch_size
-    blocks = np.empty(n_blocks, dtype=np.int64)
-    block_pi = np.empty(n_blocks)
-    aux = np.empty((n, 3 + K))
-    aux[:, 0] = prob.y
+    cur = _Newton(prob, snap, damping, rng, batch_size)
+    blocks = np.empty((n + batch_size - 1) // batch_size, dtype=np.int64)
     stall = accepted = 0
     start_time = time.perf_counter()
     for epoch in range(1, max_iter + 1):
-        block_probabilities(cur.pi, batch_size, block_pi)
-        systematic_draws(block_pi, rng.random(), blocks)
+        systematic_draws(cur.block_pi, rng.random(), blocks)
         rng.shuffle(blocks)
-        pack_snapshot(p, block_pi, batch_size, snap.c, snap.dl, aux)
-        hyper[4] = kappa
-        w_t = np.array(snap.w.T, order="C")  # a copy, in the kernel's layout (K, d)
+        hyper[4:] = kappa, snap.eta
+        w_snap = np.array(snap.w.T, order="C")  # the kernel's layout (K, d)
+        w_t = w_snap.copy()
         state = np.append(snap.b + prob.mean @ snap.w, snap.eta)
         ok = svrg_epoch(
-            *_kernel_data(X), aux, blocks, batch_size, prob.loss, hyper, w_t, state,
-            prob.mean, prob.inv_scale, *cur.kernel_preconditioner(), cur.mu,
+            *_kernel_data(X), prob.y, prob.p, cur.block_pi, blocks, batch_size, prob.loss,
+            hyper, w_t, state, w_snap, snap.b, prob.mean, prob.inv_scale,
+            *cur.kernel_preconditioner(), cur.mu,
         )  # fmt: skip
         w_new = w_t.T.copy()
         new = None
@@ -413,7 +635,7 @@ def fit_sgd(
             # decrement decides
             floor = 1e-14 * (abs(snap.objective) + abs(snap.eta) + prob.lam)
             if new.objective <= snap.objective + floor:
-                new_cur = _Newton(prob, new, damping, rng)
+                new_cur = _Newton(prob, new, damping, rng, batch_size)
                 better = new.objective <= snap.objective or new_cur.decrement < cur.decrement
         if not better:
             kappa *= 0.25
@@ -430,7 +652,7 @@ def fit_sgd(
                     # decrement agrees, otherwise the data defeat the method (warn).
                     return snap, epoch, cur.decrement_undamped <= 100 * tol * abs(snap.objective)
                 continue
-            new_cur = _Newton(prob, new, damping, rng)
+            new_cur = _Newton(prob, new, damping, rng, batch_size)
         accepted += 1
         decrease = (snap.objective - new.objective) / max(abs(new.objective), 1e-300)
         snap, cur = new, new_cur
@@ -494,13 +716,9 @@ def stochastic_newton_step(prob, w, b, eta, *, step, rng):
     scaled by ``step``. With ``step`` the block's share of the weight seen so far, the
     iterates average the blocks' Newton steps and converge to the optimum of the stream,
     where each block's own optimum would not. Returns (W, b, eta)."""
-    loss, dl, ddl = losses_of(prob.X, prob.y, w, b, prob.loss, prob.eps)
-    c = np.empty_like(loss)
-    risk.relaxed_factors(loss, eta, prob.lam, prob.rho, c)
-    gd = (prob.p * c)[:, None] * dl
-    grad_w = rmatmul(prob.X, gd) + prob.alpha * w
-    snap = Snapshot(w, b, np.nan, eta, dl, ddl, c, grad_w, gd.sum(axis=0))
-    newton = _Newton(prob, snap, _MIN_DAMPING, rng)
+    loss = losses_of(prob.X, prob.y, w, b, prob.loss, prob.eps)[0]
+    # the block's gradient and Hessian at the given eta (eta1 = eta: no centring)
+    newton = _Newton(prob, Snapshot(w, b, np.nan, eta, 0.0, eta), _MIN_DAMPING, rng)
     start = _to_standard(prob, w, b)
     before = _joint_value(prob, loss, eta, w)
     for _ in range(10):  # a step that raises even the block's objective overshoots
@@ -522,59 +740,12 @@ def _joint_value(prob, loss, eta, w):
 _MIN_DAMPING = 1e-8
 
 
-def _arrow_hessian(prob, snap, e, sum_pk):
-    """The Hessian of the objective at a snapshot as an arrow matrix, for sparse data
-    with many features: the diagonal over the coefficients ``(V[j, k])``, the dense border
-    over the intercepts and eta (K + 1 variables), and the cross terms between the two.
-    Sparse products only (the squares of the non-zeros, no dense rows).
-
-    Returns ``(diag (d K,), cross (d K, K + 1), border (K + 1, K + 1))``.
-    """
-    X, m, s = prob.X, prob.mean, prob.inv_scale
-    d, K = snap.w.shape
-    n = X.shape[0]
-    diag = np.zeros((d, K))
-    cross = np.zeros((d, K, K + 1))
-    border = np.zeros((K + 1, K + 1))
-    chunk = max(_CHUNK, 2**22 // (K * K))  # all rows at once for one output
-    for start in range(0, n, chunk):
-        rows = slice(start, start + chunk)
-        Xc = X[rows] if chunk < n else X
-        A = np.empty((Xc.shape[0], K, K))
-        curvature_matrix(
-            prob.loss, prob.p[rows], snap.c[rows], snap.dl[rows], snap.ddl[rows],
-            prob.lam, prob.rho, A,
-        )  # fmt: skip
-        Adiag = np.einsum("ikk->ik", A)
-        # one pass over the non-zeros for the moments of the diagonal and cross terms
-        moments = np.zeros((d, K * K + K))
-        x2_a = np.zeros((d, K))
-        V = np.column_stack((A.reshape(-1, K * K), e[rows]))
-        csr_moments(Xc.data, Xc.indices, Xc.indptr, V, Adiag, moments, x2_a)
-        x_A, x_e = moments[:, : K * K], moments[:, K * K :]
-        x_a = np.einsum("jkk->jk", x_A.reshape(d, K, K))
-        diag += s[:, None] ** 2 * (x2_a - 2 * m[:, None] * x_a + m[:, None] ** 2 * Adiag.sum(0))
-        sum_A = A.sum(axis=0)
-        cross[:, :, :K] += s[:, None, None] * (x_A.reshape(d, K, K) - m[:, None, None] * sum_A)
-        cross[:, :, K] += s[:, None] * x_e
-        border[:K, :K] += sum_A
-    sum_e = e.sum(axis=0)
-    cross[:, :, K] -= s[:, None] * m[:, None] * sum_e
-    border[:K, K] = border[K, :K] = sum_e
-    border[K, K] = sum_pk
-    diag += prob.alpha * s[:, None] ** 2
-    if not prob.fit_intercept:
-        cross[:, :, :K] = 0.0
-        border[:K, :] = border[:, :K] = 0.0
-        border[np.arange(K), np.arange(K)] = 1.0
-    return diag.ravel(), cross.reshape(d * K, K + 1), border
-
-
 class _Newton:
     """Second-order information at a snapshot, in the standardised coordinates
     ``(V, b_c, eta)``: the damped inverse Hessian ``P``, the full gradient ``g``, the same
     without the penalty ``mu`` (the kernel adds the penalty's exact gradient at every
-    step), the sampling probabilities ``pi`` by curvature, and the decrement
+    step), the sampling probabilities ``block_pi`` of blocks of ``block_size`` rows by
+    curvature, and the decrement
     ``g^T P g / 2`` (about the suboptimality once the damping is small).
 
     Damping (Levenberg-Marquardt) adds ``damping * max eigenvalue`` to the Hessian: near a
@@ -589,33 +760,32 @@ class _Newton:
     complement: K eigendecompositions of size d + 1 instead of one of size (d + 1) K + 1.
     """
 
-    def __init__(self, prob, snap, damping, rng):
-        a, pk, self.pi = (np.empty_like(snap.c) for _ in range(3))
-        e = np.empty_like(snap.dl)
-        _, sum_pk = curvature_weights(
-            prob.loss, prob.p, snap.c, snap.dl, snap.ddl, prob.lam, prob.rho, a, e, pk, self.pi
-        )
+    def __init__(self, prob, snap, damping, rng, block_size=64):
         d, K = snap.w.shape
         dim = prob.dim
-        big = exact_hessian_is_costly(prob)
         self.arrow = uses_arrow_hessian(prob)
-        self.blocks = not self.arrow and K > 1 and big
+        self.blocks = not self.arrow and K > 1 and exact_hessian_is_costly(prob)
+        mode = "arrow" if self.arrow else "blocks" if self.blocks else "exact"
+        sums = _CurvatureSums(prob, mode, block_size, rng)
+        sums.start(snap)
+        grad = full_gradient(prob, snap, sums.add)
+        self.block_pi = sums.sampling_probabilities()
         if self.arrow:
-            self.diag, self.cross, self.border = _arrow_hessian(prob, snap, e, sum_pk)
+            self.diag, self.cross, self.border = sums.finish()
         elif self.blocks:
-            H_w, h = _curvature_sums(prob, snap, e, self.pi, rng, blocks=True)
-            self.h, self.h_eta = h.ravel(), sum_pk
+            H_w, h = sums.finish()
+            self.h, self.h_eta = h.ravel(), sums.sum_pk
             self.ev, self.V = np.linalg.eigh(H_w)  # (K, d + 1) and (K, d + 1, d + 1)
             self.index = np.arange(d + 1)[None, :] * K + np.arange(K)[:, None]
         else:
-            H_w, h = _curvature_sums(prob, snap, e, self.pi, rng, blocks=False)
+            H_w, h = sums.finish()
             H = np.empty((dim, dim))
             H[:-1, :-1] = H_w.reshape(dim - 1, dim - 1)
             H[:-1, -1] = H[-1, :-1] = h.ravel()
-            H[-1, -1] = sum_pk
+            H[-1, -1] = sums.sum_pk
             self.ev, self.V = np.linalg.eigh(H)
         self.intercepts = None if prob.fit_intercept else slice(d * K, (d + 1) * K)
-        self.g = standardised_gradient(prob, snap)
+        self.g = standardised_gradient(prob, grad)
         self.mu = self.g.copy()
         self.mu[: d * K] -= prob.alpha * (prob.inv_scale[:, None] * snap.w).ravel()
         # the decrement that judges convergence is taken at the smallest damping: a damped

@@ -58,8 +58,9 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         Whether to fit intercepts.
     solver : {"sgd", "lbfgs"}, default="sgd"
         ``"sgd"``: the stochastic method of Gladin et al. on the relaxed objective (unbiased
-        per-sample gradients in a Numba kernel, with variance reduction and importance
-        sampling); its cost per epoch is a few passes over the data. ``"lbfgs"``: full-batch
+        per-sample gradients in a Numba kernel, with variance reduction, importance
+        sampling and steps preconditioned by the Hessian at each epoch's snapshot); its
+        cost per epoch is a few passes over the data. ``"lbfgs"``: full-batch
         L-BFGS on the same objective, with ``eta`` solved exactly at every step; it is the
         reference, handles ``rho=0``, and is a good choice for small data.
     class_weight : dict, "balanced" or None, default=None
@@ -82,12 +83,16 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         Samples per stochastic step (``"sgd"``). ``"auto"`` is ``4 * (D + 1)`` with
         ``D = (n_features + 1) * K + 1`` variables (``K = 1`` for two classes, the number
         of classes otherwise), which keeps the preconditioned steps stable and the cost of
-        the preconditioner below that of the gradients.
+        the preconditioner below that of the gradients. For sparse data with more than 1024
+        coefficients (``n_features * K``), it is about
+        ``2 * n_features / (non-zeros per row)`` (at least ``4 * (K + 1)``), so that the
+        rows' non-zeros amortise the per-step work on the coefficients.
     learning_rate : "auto" or float, default="auto"
         Largest multiplier of the preconditioned step of ``"sgd"`` (the inverse Hessian at
         each epoch's snapshot). ``"auto"`` (1.0, a Newton step) needs no tuning: the
         multiplier starts at half of it, grows by 1.5 after an epoch that lowers the
         objective, and an epoch that does not is undone and the multiplier divided by 4.
+        For :meth:`partial_fit`, a number multiplies the step of each block.
     random_state : int, RandomState instance or None, default=None
         Seed of the sampling of ``"sgd"``.
     warm_start : bool, default=False
@@ -113,7 +118,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         Number of epochs (``"sgd"``) or iterations (``"lbfgs"``) run.
     n_features_in_ : int
         Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of the features seen during fit, when X has string column names.
 
     See Also
@@ -185,8 +190,9 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
 
         Parameters
         ----------
-        X : {array-like} of shape (n_samples, n_features)
-            Training data.
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data; sparse matrices in CSR format are used as they are (other
+            formats are converted), float32 data are trained without a float64 copy.
         y : array-like of shape (n_samples,)
             Class labels (strings, integers or booleans); at least two classes.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -209,7 +215,9 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
                 f"1 class: {classes[0]!r}."
             )
         p, _ = self._distribution(sample_weight, classes, y, y_index)
-        weighted = np.bincount(y_index, weights=p, minlength=classes.shape[0]) > 0
+        weighted = np.bincount(y_index, minlength=classes.shape[0]) > 0
+        if p.shape[0] > 1:
+            weighted = np.bincount(y_index, weights=p, minlength=classes.shape[0]) > 0
         if weighted.sum() < 2:
             raise ValueError(
                 "DROClassifier needs samples of at least 2 classes with positive weight; "
@@ -223,21 +231,25 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
     @available_if(DROLinearModel._has_stochastic_gradient)
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
-        """Update the model with one stochastic epoch on a block of samples.
+        """Update the model with one block of samples.
 
-        For data that arrive in blocks (streams, out-of-core arrays, Dask chunks): each
-        call takes one pass of the stochastic solver over the block, from the previous
-        iterate, whatever ``solver`` is, and the model is the average of the iterates
-        after each block, weighted by the blocks' total sample weight. Feeding every block
-        of a dataset k times gives about the objective of ``fit`` with ``max_iter=k``
-        (blocks should be shuffled samples; a block may miss classes).
+        For data that arrive in blocks (streams, out-of-core arrays, Dask chunks), whatever
+        ``solver`` is. Each block takes one stochastic Newton step on the joint relaxed
+        objective in the coefficients, intercepts and ``eta``, with the block's gradient
+        (an unbiased estimate of the gradient on the whole stream), preconditioned by the
+        block's Hessian and scaled by the block's share of the total sample weight seen so
+        far, so that the iterates converge to the optimum of the whole stream rather than
+        to that of the last block. The first block is first solved to convergence; after
+        :meth:`fit`, the steps start from the fitted model instead. Blocks should be
+        shuffled samples, large enough to estimate the curvature (thousands of rows for
+        tens of features); a block may miss classes. ``risk_`` and ``eta_`` are then
+        those of the model on the last block, and ``n_iter_`` counts the blocks.
         Available for ``rho > 0`` only; ``class_weight="balanced"`` is not available (it
-        needs all labels at once; pass a dict). After :meth:`fit`, it continues from the
-        fitted model.
+        needs all the labels at once; pass a dict).
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             A block of training data.
         y : array-like of shape (n_samples,)
             Its labels, all among ``classes``.
@@ -246,7 +258,8 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
             not contain them all), and if given later, the same.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights of the block's samples (within the block, they are the
-            empirical distribution; across blocks, their totals weight the average).
+            empirical distribution; across blocks, their totals set each block's share
+            of the stream).
 
         Returns
         -------
@@ -298,7 +311,9 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
     def _distribution(self, sample_weight, classes, y, y_index):
         """The empirical distribution (sample weights times class weights, normalised)
         and the total sample weight."""
-        p, total = empirical_weights(sample_weight, y_index.shape[0], return_total=True)
+        p, total = empirical_weights(
+            sample_weight, y_index.shape[0], return_total=True, compact=True
+        )
         if self.class_weight is not None:
             p = p * compute_class_weight(self.class_weight, classes=classes, y=y)[y_index]
             if not p.sum() > 0:
@@ -318,9 +333,11 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         if not self.fit_intercept:
             return w, np.zeros(prob.n_outputs)
         if prob.n_outputs == 1:  # targets -1/+1
-            prior = np.array([prob.p[prob.y < 0].sum(), prob.p[prob.y > 0].sum()])
+            positive = prob.weighted_sum(prob.y > 0)
+            prior = np.array([1.0 - positive, positive])
         else:  # class indices
-            prior = np.bincount(prob.y.astype(np.intp), prob.p, minlength=prob.n_outputs)
+            weights = prob.weights(slice(None))
+            prior = np.bincount(prob.y.astype(np.intp), weights, minlength=prob.n_outputs)
         log_prior = np.log(np.maximum(prior, 1e-12))
         if prob.n_outputs == 1:
             return w, np.array([log_prior[1] - log_prior[0]])
@@ -331,7 +348,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Samples.
 
         Returns
@@ -349,7 +366,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Samples.
 
         Returns
@@ -366,7 +383,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Samples.
 
         Returns
@@ -381,7 +398,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Samples.
 
         Returns

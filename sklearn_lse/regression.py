@@ -55,8 +55,9 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         Whether to fit an intercept.
     solver : {"sgd", "lbfgs"}, default="sgd"
         ``"sgd"``: the stochastic method of Gladin et al. on the relaxed objective (unbiased
-        per-sample gradients in a Numba kernel, with variance reduction and importance
-        sampling); its cost per epoch is a few passes over the data. ``"lbfgs"``: full-batch
+        per-sample gradients in a Numba kernel, with variance reduction, importance
+        sampling and steps preconditioned by the Hessian at each epoch's snapshot); its
+        cost per epoch is a few passes over the data. ``"lbfgs"``: full-batch
         L-BFGS on the same objective, with ``eta`` solved exactly at every step; it is the
         reference, handles ``rho=0``, and is a good choice for small data.
     max_iter : int, default=1000
@@ -74,12 +75,15 @@ class DRORegressor(RegressorMixin, DROLinearModel):
     batch_size : int or "auto", default="auto"
         Samples per stochastic step (``"sgd"``). ``"auto"`` is ``4 * (n_features + 2)``,
         which keeps the preconditioned steps stable and the cost of the preconditioner
-        below that of the gradients.
+        below that of the gradients. For sparse data with more than 1024 features, it is
+        about ``2 * n_features / (non-zeros per row)`` (at least 8), so that the rows'
+        non-zeros amortise the per-step work on the coefficients.
     learning_rate : "auto" or float, default="auto"
         Largest multiplier of the preconditioned step of ``"sgd"`` (the inverse Hessian at
         each epoch's snapshot). ``"auto"`` (1.0, a Newton step) needs no tuning: the
         multiplier starts at half of it, grows by 1.5 after an epoch that lowers the
         objective, and an epoch that does not is undone and the multiplier divided by 4.
+        For :meth:`partial_fit`, a number multiplies the step of each block.
     random_state : int, RandomState instance or None, default=None
         Seed of the sampling of ``"sgd"``.
     warm_start : bool, default=False
@@ -103,13 +107,14 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         Number of epochs (``"sgd"``) or iterations (``"lbfgs"``) run.
     n_features_in_ : int
         Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of the features seen during fit, when X has string column names.
 
     See Also
     --------
     sklearn.linear_model.LinearRegression : The ``lam -> inf`` limit.
     sklearn.linear_model.SGDRegressor : Stochastic gradient ERM.
+    DROClassifier : The same objective for classification.
 
     References
     ----------
@@ -126,7 +131,7 @@ class DRORegressor(RegressorMixin, DROLinearModel):
     >>> reg = DRORegressor(lam=1.0, rho=1e-2, random_state=0).fit(X, y)
     >>> reg.coef_.shape
     (3,)
-    >>> float(reg.worst_case_weights(X, y).sum())
+    >>> round(float(reg.worst_case_weights(X, y).sum()), 12)
     1.0
     """
 
@@ -177,8 +182,9 @@ class DRORegressor(RegressorMixin, DROLinearModel):
 
         Parameters
         ----------
-        X : {array-like} of shape (n_samples, n_features)
-            Training data.
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data; sparse matrices in CSR format are used as they are (other
+            formats are converted), float32 data are trained without a float64 copy.
         y : array-like of shape (n_samples,)
             Target values.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -198,24 +204,30 @@ class DRORegressor(RegressorMixin, DROLinearModel):
     @available_if(DROLinearModel._has_stochastic_gradient)
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, sample_weight=None):
-        """Update the model with one stochastic epoch on a block of samples.
+        """Update the model with one block of samples.
 
-        For data that arrive in blocks (streams, out-of-core arrays, Dask chunks): each
-        call takes one pass of the stochastic solver over the block, from the previous
-        iterate, whatever ``solver`` is, and the model is the average of the iterates
-        after each block, weighted by the blocks' total sample weight. Feeding every block
-        of a dataset k times gives about the objective of ``fit`` with ``max_iter=k``.
-        Available for ``rho > 0`` only. After :meth:`fit`, it continues from the fitted model.
+        For data that arrive in blocks (streams, out-of-core arrays, Dask chunks), whatever
+        ``solver`` is. Each block takes one stochastic Newton step on the joint relaxed
+        objective in the coefficients, intercept and ``eta``, with the block's gradient (an
+        unbiased estimate of the gradient on the whole stream), preconditioned by the
+        block's Hessian and scaled by the block's share of the total sample weight seen so
+        far, so that the iterates converge to the optimum of the whole stream rather than
+        to that of the last block. The first block is first solved to convergence; after
+        :meth:`fit`, the steps start from the fitted model instead. Blocks should be
+        shuffled samples, large enough to estimate the curvature (thousands of rows for
+        tens of features). ``risk_`` and ``eta_`` are then those of the model on the last
+        block, and ``n_iter_`` counts the blocks. Available for ``rho > 0`` only.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             A block of training data.
         y : array-like of shape (n_samples,)
             Its targets.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights of the block's samples (within the block, they are the
-            empirical distribution; across blocks, their totals weight the average).
+            empirical distribution; across blocks, their totals set each block's share
+            of the stream).
 
         Returns
         -------
@@ -243,7 +255,9 @@ class DRORegressor(RegressorMixin, DROLinearModel):
             y_numeric=True,
         )
         y = np.asarray(y, dtype=np.float64)
-        p, weight = empirical_weights(sample_weight, X.shape[0], return_total=True)
+        p, weight = empirical_weights(
+            sample_weight, X.shape[0], return_total=True, compact=True
+        )
         return X, y, p, weight
 
     def _store_model(self, w, b, eta, objective, n_iter):
@@ -260,7 +274,7 @@ class DRORegressor(RegressorMixin, DROLinearModel):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Samples.
 
         Returns

@@ -74,6 +74,13 @@ def offset(rho):
     return 1.0 + (1.0 - rho) / rho * math.log1p(-rho)
 
 
+@njit(**_NJIT)
+def weight(p, i):
+    """``p[i]``, where a ``p`` of length 1 stands for uniform weights (the solvers keep
+    one number instead of n for unweighted data)."""
+    return p[0] if p.shape[0] == 1 else p[i]
+
+
 # --------------------------------------------------------------------------------------
 # Exact LogSumExp risk
 # --------------------------------------------------------------------------------------
@@ -81,7 +88,7 @@ def offset(rho):
 def _max_supported(losses, p):
     m = -np.inf
     for i in range(losses.shape[0]):
-        if p[i] > 0.0 and losses[i] > m:
+        if weight(p, i) > 0.0 and losses[i] > m:
             m = losses[i]
     return m
 
@@ -92,8 +99,8 @@ def exact_risk(losses, p, lam):
     m = _max_supported(losses, p)
     s = 0.0
     for i in range(losses.shape[0]):
-        if p[i] > 0.0:
-            s += p[i] * math.exp((losses[i] - m) / lam)
+        if weight(p, i) > 0.0:
+            s += weight(p, i) * math.exp((losses[i] - m) / lam)
     return m + lam * math.log(s)
 
 
@@ -103,8 +110,8 @@ def exact_weights(losses, p, lam, out):
     m = _max_supported(losses, p)
     s = 0.0
     for i in range(losses.shape[0]):
-        if p[i] > 0.0:
-            out[i] = p[i] * math.exp((losses[i] - m) / lam)
+        if weight(p, i) > 0.0:
+            out[i] = weight(p, i) * math.exp((losses[i] - m) / lam)
             s += out[i]
         else:
             out[i] = 0.0
@@ -127,7 +134,7 @@ def _log_mass(losses, p, eta, lam, log_rho):
     t = 0.0  # sum of p * sigmoid * (1 - sigmoid)
     for i in range(losses.shape[0]):
         sig = sigmoid((losses[i] - eta) / lam + log_rho)
-        ps = p[i] * sig
+        ps = weight(p, i) * sig
         s += ps
         t += ps * (1.0 - sig)
     if s > 1e-250:
@@ -142,11 +149,11 @@ def _log_mass_log_domain(losses, p, eta, lam, log_rho):
     s = 0.0
     t = 0.0  # sum of weights * (1 - sigmoid), on the same shift as s
     for i in range(losses.shape[0]):
-        if p[i] <= 0.0:
+        if weight(p, i) <= 0.0:
             continue
         z = (losses[i] - eta) / lam + log_rho
         log_sig = -softplus(-z)
-        a = math.log(p[i]) + log_sig
+        a = math.log(weight(p, i)) + log_sig
         one_minus = sigmoid(-z)
         if a > m:
             scale = math.exp(m - a)
@@ -186,7 +193,7 @@ def solve_eta(losses, p, lam, rho, guess=np.nan):
     lo = np.inf
     hi = -np.inf
     for i in range(losses.shape[0]):
-        if p[i] > 0.0:
+        if weight(p, i) > 0.0:
             lo = min(lo, losses[i])
             hi = max(hi, losses[i])
     lo += shift
@@ -231,8 +238,8 @@ def relaxed_value(losses, p, eta, lam, rho):
     log_rho = math.log(rho)
     s = 0.0
     for i in range(losses.shape[0]):
-        if p[i] > 0.0:
-            s += p[i] * softplus((losses[i] - eta) / lam + log_rho)
+        if weight(p, i) > 0.0:
+            s += weight(p, i) * softplus((losses[i] - eta) / lam + log_rho)
     return eta - lam + lam / rho * s
 
 
@@ -245,11 +252,12 @@ def relaxed_factors(losses, eta, lam, rho, out):
 
 
 @njit(**_NJIT)
-def centred_eta(losses, p, lam, rho, guess=np.nan):
+def centred_eta(losses, p, lam, rho, guess=np.nan, overwrite=False):
     """Solve for eta, and again on the losses centred at the first root when it is large.
 
     Returns ``(eta0, losses - eta0, eta1)`` with the optimal eta equal to ``eta0 + eta1``;
-    ``guess`` (for instance the previous optimum) speeds up the first solve.
+    ``guess`` (for instance the previous optimum) speeds up the first solve. With
+    ``overwrite``, ``losses`` itself is centred in place (and returned).
     Centring makes the losses near the threshold exact small numbers, so that eta, the
     weights and the risk are resolved to full precision even for losses of 1e8 with lam of
     1e-4, where the spacing of doubles near 1e8 is 1.5e-8, i.e. 1.5e-4 in units of lam.
@@ -258,7 +266,11 @@ def centred_eta(losses, p, lam, rho, guess=np.nan):
     if abs(eta0) <= 1e3 * lam:
         # rounding of eta costs at most 1e3 * 2^-52 in units of lam: already resolved
         return 0.0, losses, eta0
-    centred = losses - eta0
+    if overwrite:  # the caller's array becomes the centred losses: no copy
+        losses -= eta0
+        centred = losses
+    else:
+        centred = losses - eta0
     return eta0, centred, solve_eta(centred, p, lam, rho, 0.0)
 
 
@@ -306,14 +318,16 @@ def _check_losses(losses):
     return np.ascontiguousarray(losses)
 
 
-def empirical_weights(sample_weight, n_samples, *, return_total=False):
+def empirical_weights(sample_weight, n_samples, *, return_total=False, compact=False):
     """The empirical distribution ``p_hat``: normalised ``sample_weight``, uniform if None
-    (and with ``return_total``, the total weight before normalisation).
+    (and with ``return_total``, the total weight before normalisation). With ``compact``,
+    uniform weights are returned as one value, an array of length 1 (as the solvers take
+    them).
 
     Raises ValueError for a wrong length, negative, non-finite or all-zero weights.
     """
     if sample_weight is None:
-        p = np.full(n_samples, 1.0 / n_samples)
+        p = np.full(1 if compact else n_samples, 1.0 / n_samples)
         return (p, float(n_samples)) if return_total else p
     w = np.asarray(sample_weight, dtype=np.float64)
     if w.ndim == 0:
@@ -378,6 +392,13 @@ def kl_dro_risk(losses, lam, *, rho=0.0, sample_weight=None):
     risk : float
         The (relaxed) KL-DRO risk, in the units of the losses.
 
+    See Also
+    --------
+    worst_case_weights : The distribution over the samples that attains the risk.
+    sklearn_lse.metrics.robust_risk_score : The same risk of a model's predictions.
+    DRORegressor : Linear regression that minimises this risk.
+    DROClassifier : Logistic regression that minimises this risk.
+
     Examples
     --------
     >>> from sklearn_lse import kl_dro_risk
@@ -385,6 +406,12 @@ def kl_dro_risk(losses, lam, *, rho=0.0, sample_weight=None):
     1.0
     >>> kl_dro_risk([0.0, 10.0], lam=1.0) > 5.0
     True
+
+    With a small ``lam``, the relaxed risk is about the mean of the worst ``rho``-fraction
+    of the losses (here the two largest of four):
+
+    >>> round(kl_dro_risk([0.0, 1.0, 2.0, 10.0], lam=0.01, rho=0.5), 2)
+    5.99
     """
     losses, lam, rho, p = _prepare(losses, lam, rho, sample_weight)
     if rho == 0.0:
@@ -415,6 +442,25 @@ def worst_case_weights(losses, lam, *, rho=0.0, sample_weight=None):
     weights : ndarray of shape (n_samples,)
         Non-negative weights summing to 1. They are also the gradient of the risk with
         respect to the losses.
+
+    See Also
+    --------
+    kl_dro_risk : The risk that these weights attain.
+    DRORegressor.worst_case_weights : The same distribution for a fitted model's losses.
+
+    Examples
+    --------
+    >>> from sklearn_lse import worst_case_weights
+    >>> worst_case_weights([0.0, 0.0, 1.0], lam=1.0).round(3)
+    array([0.212, 0.212, 0.576])
+
+    The exact worst case puts nearly all the weight on a large loss; with ``rho=0.5`` no
+    sample gets more than ``1 / rho = 2`` times its empirical weight ``1 / 4``:
+
+    >>> worst_case_weights([0.0, 0.0, 0.0, 10.0], lam=1.0).round(3)
+    array([0., 0., 0., 1.])
+    >>> worst_case_weights([0.0, 0.0, 0.0, 10.0], lam=1.0, rho=0.5).round(3)
+    array([0.167, 0.167, 0.167, 0.5  ])
     """
     losses, lam, rho, p = _prepare(losses, lam, rho, sample_weight)
     out = np.empty_like(losses)
@@ -428,6 +474,11 @@ def worst_case_weights(losses, lam, *, rho=0.0, sample_weight=None):
 
 def optimal_eta(losses, lam, rho, *, sample_weight=None):
     """Optimal dual threshold ``eta`` of the relaxation (in the units of the losses).
+
+    ``eta`` is the minimiser of :func:`relaxed_objective`. Samples whose loss is well
+    above ``eta + lam * log(1 / rho)`` get the full weight ``1 / rho`` times their empirical
+    weight in the relaxed worst case, and those well below it almost none; as
+    ``lam -> 0``, ``eta`` tends to the ``(1 - rho)``-quantile of the losses.
 
     Parameters
     ----------
@@ -445,13 +496,24 @@ def optimal_eta(losses, lam, rho, *, sample_weight=None):
     eta : float
         The root of ``sum_i p_i * sigmoid((losses_i - eta) / lam + log rho) = rho``, i.e.
         the minimiser of :func:`relaxed_objective`.
+
+    See Also
+    --------
+    relaxed_objective : The objective that ``eta`` minimises.
+    gradient_factors : The per-sample weights at a given ``eta``.
+
+    Examples
+    --------
+    >>> from sklearn_lse import optimal_eta
+    >>> round(optimal_eta([0.0, 1.0, 2.0, 10.0], lam=0.01, rho=0.25), 6)
+    4.0
     """
     losses, lam, rho, p = _prepare(losses, lam, rho, sample_weight, allow_zero_rho=False)
     return float(relaxed_risk(losses, p, lam, rho, np.empty_like(losses))[1])
 
 
 def relaxed_objective(losses, eta, lam, rho, *, sample_weight=None):
-    """Relaxed objective ``G(eta)`` of MATH.md at a given dual threshold.
+    """Relaxed objective ``G(eta)`` of the softplus relaxation at a given dual threshold.
 
     ``G(eta) = eta - lam + (lam / rho) * sum_i p_i * softplus((losses_i - eta) / lam + log rho)``;
     ``kl_dro_risk(losses, lam, rho=rho) == min_eta G(eta) + lam * relaxation_offset(rho)``.
@@ -474,6 +536,22 @@ def relaxed_objective(losses, eta, lam, rho, *, sample_weight=None):
     value : float
         ``G(eta)``. Its derivative in ``eta`` is ``1 - sum_i p_i * c_i`` and in ``losses_i``
         is ``p_i * c_i``, with ``c_i`` from :func:`gradient_factors`.
+
+    See Also
+    --------
+    optimal_eta : The minimiser of ``G``.
+    kl_dro_risk : The relaxed risk, ``min G`` plus the offset.
+    relaxation_offset : The offset.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_lse import kl_dro_risk, optimal_eta, relaxation_offset, relaxed_objective
+    >>> losses = np.array([0.5, 1.0, 4.0])
+    >>> eta = optimal_eta(losses, lam=1.0, rho=0.1)
+    >>> value = relaxed_objective(losses, eta, lam=1.0, rho=0.1) + relaxation_offset(0.1)
+    >>> bool(np.isclose(value, kl_dro_risk(losses, lam=1.0, rho=0.1)))
+    True
     """
     losses, lam, rho, p = _prepare(losses, lam, rho, sample_weight, allow_zero_rho=False)
     return float(relaxed_value(losses, p, float(eta), lam, rho))
@@ -500,6 +578,26 @@ def gradient_factors(losses, eta, lam, rho):
     -------
     factors : ndarray of shape (n_samples,)
         Values in ``(0, 1 / rho)``.
+
+    See Also
+    --------
+    optimal_eta : The ``eta`` at which ``p * factors`` is the relaxed worst case.
+    relaxed_objective : The objective whose gradient the factors give.
+
+    Examples
+    --------
+    At the optimal ``eta``, the factors times the empirical weights are the relaxed
+    worst-case distribution:
+
+    >>> import numpy as np
+    >>> from sklearn_lse import gradient_factors, optimal_eta, worst_case_weights
+    >>> losses = np.array([0.5, 1.0, 4.0])
+    >>> eta = optimal_eta(losses, lam=1.0, rho=0.1)
+    >>> factors = gradient_factors(losses, eta, lam=1.0, rho=0.1)
+    >>> factors.round(3)
+    array([0.111, 0.182, 2.708])
+    >>> bool(np.allclose(factors / 3, worst_case_weights(losses, lam=1.0, rho=0.1)))
+    True
     """
     losses = _check_losses(losses)
     out = np.empty_like(losses)
@@ -510,6 +608,10 @@ def gradient_factors(losses, eta, lam, rho):
 def relaxation_offset(rho):
     """Value ``1 + (1 - rho) / rho * log(1 - rho)`` of the relaxed divergence at ``q = p``.
 
+    :func:`kl_dro_risk` adds ``lam * relaxation_offset(rho)`` to the minimum of
+    :func:`relaxed_objective`, so that the relaxed risk of equal losses is that loss; the
+    constant does not move the minimiser.
+
     Parameters
     ----------
     rho : float
@@ -519,5 +621,15 @@ def relaxation_offset(rho):
     -------
     offset : float
         ``sum_k rho^k / (k (k + 1))``, about ``rho / 2`` for small ``rho``.
+
+    See Also
+    --------
+    kl_dro_risk : The relaxed risk, which includes the offset.
+
+    Examples
+    --------
+    >>> from sklearn_lse import relaxation_offset
+    >>> round(relaxation_offset(1e-3), 7)
+    0.0005002
     """
     return float(offset(_check_rho(rho, allow_zero=False)))
