@@ -131,11 +131,14 @@ class Problem:
 
     def chunks(self):
         """Slices of contiguous rows that cover the data, for the passes that must not
-        hold per-sample arrays: about 2 MB of float64 per chunk (of its non-zeros for
-        sparse data)."""
+        hold per-sample arrays: about 2 MB of float64 per chunk of dense rows; 65536
+        sparse rows (their per-row arrays are small next to their non-zeros, and each
+        chunk costs products with d-sized results)."""
         n, d = self.X.shape
-        per_row = self.X.nnz / max(n, 1) if sp.issparse(self.X) else d
-        size = int(min(65536, max(1024, 2**18 // max(per_row * self.n_outputs, 1))))
+        if sp.issparse(self.X):
+            size = 65536
+        else:
+            size = int(min(65536, max(1024, 2**18 // max(d * self.n_outputs, 1))))
         return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
     def weights(self, rows):
@@ -185,10 +188,16 @@ class Gradient:
 
 def _chunk(X, rows):
     """Rows of X for the chunked passes: a view of float64 data, a float64 copy of a
-    float32 chunk, a CSR slice of sparse data."""
-    if sp.issparse(X):
+    float32 chunk; for sparse data, a CSR matrix on views of the non-zeros of a slice of
+    rows (scipy's row slicing would copy them), or a copy of the given rows."""
+    if not sp.issparse(X):
+        return np.asarray(X[rows], dtype=np.float64)
+    if not isinstance(rows, slice):
         return X[rows]
-    return np.asarray(X[rows], dtype=np.float64)
+    start, stop, _ = rows.indices(X.shape[0])
+    a, b = X.indptr[start], X.indptr[stop]
+    indptr = X.indptr[start : stop + 1] - a
+    return sp.csr_matrix((X.data[a:b], X.indices[a:b], indptr), shape=(stop - start, X.shape[1]))
 
 
 def losses_of(X, y, w, b, loss_code, eps):
