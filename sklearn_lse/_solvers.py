@@ -31,6 +31,10 @@ from ._kernels import (
 )
 
 _CHUNK = 8192  # rows per chunk in the passes that must not copy X
+# sparse rows per chunk, divided by K (K + 3) for K outputs: the per-row arrays (about
+# K (K + 3) numbers a row) are small next to the non-zeros, and every chunk costs products
+# with results of the size of W
+_SPARSE_CHUNK = 2**20
 
 
 def rows64(X, rows):
@@ -72,11 +76,17 @@ def row_weights(p, rows, n):
 
 def weighted_column_sums(X, p):
     """``X.T @ p`` in float64 (``p`` of length 1: uniform), without a copy of X."""
-    if p.shape[0] != 1:
-        return rmatmul(X, p)
     if sp.issparse(X):
-        return p[0] * np.asarray(X.sum(axis=0, dtype=np.float64)).ravel()
-    return p[0] * X.sum(axis=0, dtype=np.float64)
+        return _sparse_moments(X, p)[0]
+    return rmatmul(X, p) if p.shape[0] != 1 else p[0] * X.sum(axis=0, dtype=np.float64)
+
+
+def _sparse_moments(X, p):
+    """``X.T @ p`` and ``(X * X).T @ p`` of a CSR matrix in one pass over its non-zeros."""
+    weights = row_weights(p, slice(None), X.shape[0])[:, None]
+    first, second = np.zeros((X.shape[1], 1)), np.zeros((X.shape[1], 1))
+    csr_moments(X.data, X.indices, X.indptr, weights, weights, first, second)
+    return first[:, 0], second[:, 0]
 
 
 @dataclass
@@ -106,10 +116,10 @@ class Problem:
     @classmethod
     def build(cls, X, y, p, *, n_outputs, loss, eps, lam, rho, alpha, fit_intercept):
         """``p`` of length 1 stands for uniform weights (no per-sample array)."""
-        mean = weighted_column_sums(X, p) if fit_intercept else np.zeros(X.shape[1])
         if sp.issparse(X):  # E x^2 - (E x)^2, and columns within rounding of constant
-            squares = sp.csr_matrix((X.data.astype(np.float64) ** 2, X.indices, X.indptr), X.shape)
-            second = weighted_column_sums(squares, p)
+            mean, second = _sparse_moments(X, p)
+            if not fit_intercept:
+                mean = np.zeros(X.shape[1])
             var = np.maximum(second - mean * mean, 0.0)
             var[var <= 1e-14 * second] = 0.0
             scale = np.sqrt(var)
@@ -117,6 +127,7 @@ class Problem:
             return cls(
                 X, y, p, n_outputs, loss, eps, lam, rho, alpha, fit_intercept, mean, inv_scale
             )
+        mean = weighted_column_sums(X, p) if fit_intercept else np.zeros(X.shape[1])
         # the variance about the mean in two passes (E x^2 - (E x)^2 would leave rounding
         # of order 1e-16 E x^2 for constant columns, mistaken for a tiny scale), by chunks
         # of rows so that no copy of X is made
@@ -131,12 +142,12 @@ class Problem:
 
     def chunks(self):
         """Slices of contiguous rows that cover the data, for the passes that must not
-        hold per-sample arrays: about 2 MB of float64 per chunk of dense rows; 65536
-        sparse rows (their per-row arrays are small next to their non-zeros, and each
-        chunk costs products with d-sized results)."""
+        hold per-sample arrays: about 2 MB of float64 per chunk of dense rows, 8 MB of
+        per-row arrays for sparse rows."""
         n, d = self.X.shape
         if sp.issparse(self.X):
-            size = 65536
+            K = self.n_outputs
+            size = int(max(4096, _SPARSE_CHUNK // (K * (K + 3))))
         else:
             size = int(min(65536, max(1024, 2**18 // max(d * self.n_outputs, 1))))
         return [slice(start, min(start + size, n)) for start in range(0, n, size)]
@@ -460,8 +471,9 @@ class _CurvatureSums:
             np.vstack((pc, a, pk)), edges, axis=1
         )
         d = self.cross.shape[0] - 1
-        self.cross[:d] += np.asarray(Xc.T @ e)
         self.cross[d] += e.sum(axis=0)
+        if self.mode != "arrow":  # the arrow gathers its cross terms with the diagonal
+            self.cross[:d] += np.asarray(Xc.T @ e)
         if self.mode == "arrow":
             self._add_arrow(Xc, self._matrices(pc, c, dl, ddl), e)
         elif not self.sketch:
