@@ -213,6 +213,7 @@ def svrg_epoch(
     state,
     w_snap,
     b_snap,
+    f_store,
     mean,
     inv_scale,
     precond,
@@ -228,8 +229,9 @@ def svrg_epoch(
     ``G = eta - lam + (lam/rho) sum_i p_i softplus((l_i - eta)/lam + log rho)``.
     One sample's gradient is ``c_i (x_i, 1) l'_i^T`` in ``(W, b)`` and ``1 - c_i`` in ``eta``,
     with ``c_i = sigmoid(z_i)/rho``. The control variate is the same sample's gradient at the
-    snapshot, recomputed here from the snapshot's model (the row is in cache already, and
-    no per-sample array has to be kept between epochs), plus the snapshot's full gradient
+    snapshot, from the snapshot's prediction (kept by the caller, or recomputed here from
+    the snapshot's model while the row is in cache, so that no per-sample array need be
+    kept between epochs), plus the snapshot's full gradient
     ``mu``, so the estimate stays unbiased and its variance vanishes at the optimum.
 
     The epoch ends at the average of its iterates over the second half of the steps.
@@ -274,6 +276,9 @@ def svrg_epoch(
         The snapshot's coefficients, in the layout of ``w``.
     b_snap : ndarray of shape (K,)
         The snapshot's intercepts (not centred).
+    f_store : ndarray of shape (n_samples, K) or (0, K)
+        The snapshot's predictions when the caller keeps them (where they are small next
+        to X); else empty, and they are recomputed from ``w_snap`` and ``b_snap``.
     mean, inv_scale : ndarray of shape (n_features,)
     precond : ndarray of shape (D, D) with D = (n_features + 1) K + 1, or (0, 0)
     dinv, C, Sinv : ndarray
@@ -292,6 +297,7 @@ def svrg_epoch(
     log_rho = math.log(rho)
     sparse = X.shape[0] == 0
     n = indptr.shape[0] - 1 if sparse else X.shape[0]
+    stored = f_store.shape[0] > 0
     K, d = w.shape
     dim = (d + 1) * K + 1
     gw = np.zeros((K, d))
@@ -329,17 +335,24 @@ def svrg_epoch(
         for i in range(start, stop):
             for k in range(K):
                 acc = b_c[k] - mw[k]
-                acc_snap = b_snap[k]
                 if sparse:
                     for jj in range(indptr[i], indptr[i + 1]):
                         acc += data[jj] * w[k, indices[jj]]
-                        acc_snap += data[jj] * w_snap[k, indices[jj]]
                 else:
                     for j in range(d):
                         acc += X[i, j] * w[k, j]
-                        acc_snap += X[i, j] * w_snap[k, j]
                 f[k] = acc
-                f_snap[k] = acc_snap
+                if stored:
+                    f_snap[k] = f_store[i, k]
+                    continue
+                acc = b_snap[k]
+                if sparse:
+                    for jj in range(indptr[i], indptr[i + 1]):
+                        acc += data[jj] * w_snap[k, indices[jj]]
+                else:
+                    for j in range(d):
+                        acc += X[i, j] * w_snap[k, j]
+                f_snap[k] = acc
             if code == MULTINOMIAL:
                 label = int(y[i])
                 loss = multinomial_loss(f, label, dl)

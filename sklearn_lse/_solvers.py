@@ -142,14 +142,14 @@ class Problem:
 
     def chunks(self):
         """Slices of contiguous rows that cover the data, for the passes that must not
-        hold per-sample arrays: about 2 MB of float64 per chunk of dense rows, 8 MB of
-        per-row arrays for sparse rows."""
+        hold per-sample arrays: about 8 MB of float64 per chunk of dense rows (smaller
+        chunks make BLAS slower), 8 MB of per-row arrays for sparse rows."""
         n, d = self.X.shape
         if sp.issparse(self.X):
             K = self.n_outputs
             size = int(max(4096, _SPARSE_CHUNK // (K * (K + 3))))
         else:
-            size = int(min(65536, max(1024, 2**18 // max(d * self.n_outputs, 1))))
+            size = int(min(32768, max(4096, 2**20 // max(d * self.n_outputs, 1))))
         return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
     def weights(self, rows):
@@ -211,23 +211,28 @@ def _chunk(X, rows):
     return sp.csr_matrix((X.data[a:b], X.indices[a:b], indptr), shape=(stop - start, X.shape[1]))
 
 
-def losses_of(X, y, w, b, loss_code, eps):
-    """Per-sample losses and their derivatives in the prediction (see
-    :func:`~sklearn_lse._kernels.pointwise_losses`); ``w`` of shape (d, K), ``b`` (K,)."""
+def predictions_and_losses(X, y, w, b, loss_code, eps):
+    """Predictions ``X w + b`` (``w`` of shape (d, K), ``b`` (K,)), per-sample losses and
+    their derivatives in the prediction (see
+    :func:`~sklearn_lse._kernels.pointwise_losses`)."""
     pred = matmul(X, w) + b
     loss = np.empty(pred.shape[0])
     dl = np.empty_like(pred)
     ddl = np.empty_like(pred)
     pointwise_losses(loss_code, pred, y, eps, loss, dl, ddl)
-    return loss, dl, ddl
+    return pred, loss, dl, ddl
+
+
+def losses_of(X, y, w, b, loss_code, eps):
+    """Per-sample losses and their derivatives in the prediction."""
+    return predictions_and_losses(X, y, w, b, loss_code, eps)[1:]
 
 
 def _chunk_losses(prob, rows, w, b):
-    """``(X rows, loss, dl, ddl)`` of one chunk of rows (a slice or sorted indices)."""
+    """``(X rows, predictions, loss, dl, ddl)`` of one chunk of rows (a slice or sorted
+    indices)."""
     Xc = _chunk(prob.X, rows)
-    y = prob.y[rows]
-    loss, dl, ddl = losses_of(Xc, y, w, b, prob.loss, prob.eps)
-    return Xc, loss, dl, ddl
+    return (Xc, *predictions_and_losses(Xc, prob.y[rows], w, b, prob.loss, prob.eps))
 
 
 def snapshot(prob, w, b, eta_guess=np.nan):
@@ -238,7 +243,7 @@ def snapshot(prob, w, b, eta_guess=np.nan):
     n = prob.X.shape[0]
     losses = np.empty(n)
     for rows in prob.chunks():
-        losses[rows] = _chunk_losses(prob, rows, w, b)[1]
+        losses[rows] = _chunk_losses(prob, rows, w, b)[2]
     if prob.rho > 0:
         eta0, centred, eta1 = risk.centred_eta(
             losses, prob.p, prob.lam, prob.rho, eta_guess, overwrite=True
@@ -265,22 +270,26 @@ def _factors(prob, snap, loss):
     return c
 
 
-def derivative_chunks(prob, snap, chunks=None):
+def derivative_chunks(prob, snap, chunks=None, predictions=None):
     """Per chunk of rows (all rows by default): ``(rows, X rows, p rows, c, dl, ddl)`` at
-    the snapshot, recomputed from its model."""
+    the snapshot, recomputed from its model; the predictions are also written to
+    ``predictions`` (n, K) when given."""
     for rows in prob.chunks() if chunks is None else chunks:
-        Xc, loss, dl, ddl = _chunk_losses(prob, rows, snap.w, snap.b)
+        Xc, pred, loss, dl, ddl = _chunk_losses(prob, rows, snap.w, snap.b)
+        if predictions is not None:
+            predictions[rows] = pred
         yield rows, Xc, prob.weights(rows), _factors(prob, snap, loss), dl, ddl
 
 
-def full_gradient(prob, snap, on_chunk=None):
+def full_gradient(prob, snap, on_chunk=None, predictions=None):
     """The full gradient at a snapshot in one pass; ``on_chunk(rows, Xc, p, c, dl, ddl)``
-    is called on every chunk, for the passes that gather more (the curvature)."""
+    is called on every chunk, for the passes that gather more (the curvature), and the
+    predictions are kept in ``predictions`` when given."""
     d, K = snap.w.shape
     grad_w = np.zeros((d, K))
     grad_b = np.zeros(K)
     mass = 0.0
-    for rows, Xc, pc, c, dl, ddl in derivative_chunks(prob, snap):
+    for rows, Xc, pc, c, dl, ddl in derivative_chunks(prob, snap, None, predictions):
         weighted = pc * c
         gd = weighted[:, None] * dl
         grad_w += np.asarray(Xc.T @ gd)
@@ -628,7 +637,11 @@ def fit_sgd(
     if not np.isfinite(snap.objective):
         raise ValueError("The objective is not finite at the starting point.")
     damping = _MIN_DAMPING
-    cur = _Newton(prob, snap, damping, rng, batch_size)
+    # the snapshot's predictions are kept for the epoch kernel (else it recomputes them:
+    # a second product per row) where the per-sample arrays (the losses of a snapshot, and
+    # the predictions of the current and the candidate snapshots) stay within 20% of X
+    keep = (2 * K + 1) * 8 * n <= 0.2 * _data_bytes(X)
+    cur = _Newton(prob, snap, damping, rng, batch_size, keep)
     blocks = np.empty((n + batch_size - 1) // batch_size, dtype=np.int64)
     stall = accepted = 0
     start_time = time.perf_counter()
@@ -641,7 +654,7 @@ def fit_sgd(
         state = np.append(snap.b + prob.mean @ snap.w, snap.eta)
         ok = svrg_epoch(
             *_kernel_data(X), prob.y, prob.p, cur.block_pi, blocks, batch_size, prob.loss,
-            hyper, w_t, state, w_snap, snap.b, prob.mean, prob.inv_scale,
+            hyper, w_t, state, w_snap, snap.b, cur.predictions, prob.mean, prob.inv_scale,
             *cur.kernel_preconditioner(), cur.mu,
         )  # fmt: skip
         w_new = w_t.T.copy()
@@ -656,7 +669,7 @@ def fit_sgd(
             # decrement decides
             floor = 1e-14 * (abs(snap.objective) + abs(snap.eta) + prob.lam)
             if new.objective <= snap.objective + floor:
-                new_cur = _Newton(prob, new, damping, rng, batch_size)
+                new_cur = _Newton(prob, new, damping, rng, batch_size, keep)
                 better = new.objective <= snap.objective or new_cur.decrement < cur.decrement
         if not better:
             kappa *= 0.25
@@ -673,7 +686,7 @@ def fit_sgd(
                     # decrement agrees, otherwise the data defeat the method (warn).
                     return snap, epoch, cur.decrement_undamped <= 100 * tol * abs(snap.objective)
                 continue
-            new_cur = _Newton(prob, new, damping, rng, batch_size)
+            new_cur = _Newton(prob, new, damping, rng, batch_size, keep)
         accepted += 1
         decrease = (snap.objective - new.objective) / max(abs(new.objective), 1e-300)
         snap, cur = new, new_cur
@@ -697,6 +710,12 @@ def fit_sgd(
         ):
             return snap, epoch, True
     return snap, max_iter, False
+
+
+def _data_bytes(X):
+    if sp.issparse(X):
+        return X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+    return X.nbytes
 
 
 def _kernel_data(X):
@@ -766,7 +785,8 @@ class _Newton:
     ``(V, b_c, eta)``: the damped inverse Hessian ``P``, the full gradient ``g``, the same
     without the penalty ``mu`` (the kernel adds the penalty's exact gradient at every
     step), the sampling probabilities ``block_pi`` of blocks of ``block_size`` rows by
-    curvature, and the decrement
+    curvature, the snapshot's ``predictions`` with ``keep_predictions`` (else an empty
+    array), and the decrement
     ``g^T P g / 2`` (about the suboptimality once the damping is small).
 
     Damping (Levenberg-Marquardt) adds ``damping * max eigenvalue`` to the Hessian: near a
@@ -781,7 +801,7 @@ class _Newton:
     complement: K eigendecompositions of size d + 1 instead of one of size (d + 1) K + 1.
     """
 
-    def __init__(self, prob, snap, damping, rng, block_size=64):
+    def __init__(self, prob, snap, damping, rng, block_size=64, keep_predictions=False):
         d, K = snap.w.shape
         dim = prob.dim
         self.arrow = uses_arrow_hessian(prob)
@@ -789,7 +809,9 @@ class _Newton:
         mode = "arrow" if self.arrow else "blocks" if self.blocks else "exact"
         sums = _CurvatureSums(prob, mode, block_size, rng)
         sums.start(snap)
-        grad = full_gradient(prob, snap, sums.add)
+        n = prob.X.shape[0] if keep_predictions else 0
+        self.predictions = np.empty((n, K))  # the snapshot's, for the epoch kernel
+        grad = full_gradient(prob, snap, sums.add, self.predictions if n else None)
         self.block_pi = sums.sampling_probabilities()
         if self.arrow:
             self.diag, self.cross, self.border = sums.finish()
