@@ -196,6 +196,19 @@ def apply_arrow(dinv, C, Sinv, g, out):
         out[i] -= dinv[i] * acc
 
 
+@njit(inline="always", **_NJIT)
+def _row_dot(X, data, indices, indptr, i, w, k, acc):
+    """``acc + x_i . w[k]`` for row i of dense X, or of the CSR matrix
+    ``(data, indices, indptr)`` when X is empty."""
+    if X.shape[0] == 0:
+        for jj in range(indptr[i], indptr[i + 1]):
+            acc += data[jj] * w[k, indices[jj]]
+    else:
+        for j in range(X.shape[1]):
+            acc += X[i, j] * w[k, j]
+    return acc
+
+
 @njit(**_NJIT)
 def svrg_epoch(
     X,
@@ -334,25 +347,11 @@ def svrg_epoch(
         sum_eta = 0.0
         for i in range(start, stop):
             for k in range(K):
-                acc = b_c[k] - mw[k]
-                if sparse:
-                    for jj in range(indptr[i], indptr[i + 1]):
-                        acc += data[jj] * w[k, indices[jj]]
-                else:
-                    for j in range(d):
-                        acc += X[i, j] * w[k, j]
-                f[k] = acc
+                f[k] = _row_dot(X, data, indices, indptr, i, w, k, b_c[k] - mw[k])
                 if stored:
                     f_snap[k] = f_store[i, k]
-                    continue
-                acc = b_snap[k]
-                if sparse:
-                    for jj in range(indptr[i], indptr[i + 1]):
-                        acc += data[jj] * w_snap[k, indices[jj]]
                 else:
-                    for j in range(d):
-                        acc += X[i, j] * w_snap[k, j]
-                f_snap[k] = acc
+                    f_snap[k] = _row_dot(X, data, indices, indptr, i, w_snap, k, b_snap[k])
             if code == MULTINOMIAL:
                 label = int(y[i])
                 loss = multinomial_loss(f, label, dl)
