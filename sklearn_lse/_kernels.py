@@ -415,9 +415,10 @@ def svrg_epoch(
 
 
 @njit(**_NJIT)
-def csr_moments(data, indices, indptr, V, W, out, out_squared):
-    """In one pass over a CSR matrix X: ``out += X^T V`` and
-    ``out_squared += (X * X)^T W`` (no copy of X, nor of its squares)."""
+def csr_moments(data, indices, indptr, V, W, out):
+    """In one pass over a CSR matrix X: ``out[:, :m] += X^T V`` and
+    ``out[:, m:] += (X * X)^T W`` for V with m columns (no copy of X, nor of its squares;
+    one output row per non-zero, so that each scattered update touches one cache line)."""
     m = V.shape[1]
     m2 = W.shape[1]
     for i in range(indptr.shape[0] - 1):
@@ -428,4 +429,4 @@ def csr_moments(data, indices, indptr, V, W, out, out_squared):
                 out[j, c] += x * V[i, c]
             x2 = x * x
             for c in range(m2):
-                out_squared[j, c] += x2 * W[i, c]
+                out[j, m + c] += x2 * W[i, c]

@@ -84,9 +84,9 @@ def weighted_column_sums(X, p):
 def _sparse_moments(X, p):
     """``X.T @ p`` and ``(X * X).T @ p`` of a CSR matrix in one pass over its non-zeros."""
     weights = row_weights(p, slice(None), X.shape[0])[:, None]
-    first, second = np.zeros((X.shape[1], 1)), np.zeros((X.shape[1], 1))
-    csr_moments(X.data, X.indices, X.indptr, weights, weights, first, second)
-    return first[:, 0], second[:, 0]
+    moments = np.zeros((X.shape[1], 2))
+    csr_moments(X.data, X.indices, X.indptr, weights, weights, moments)
+    return moments[:, 0], moments[:, 1]
 
 
 @dataclass
@@ -152,6 +152,14 @@ class Problem:
             size = int(min(32768, max(4096, 2**20 // max(d * self.n_outputs, 1))))
         return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
+    def keeps_predictions(self):
+        """Whether snapshots keep their predictions (n, K), for the gradient pass and the
+        epoch kernel, which otherwise recompute them (one more product per row): where
+        all the per-sample arrays (the losses of a snapshot, and the predictions of the
+        current and of a candidate snapshot) stay within 20% of the memory of X."""
+        n, K = self.X.shape[0], self.n_outputs
+        return (2 * K + 1) * 8 * n <= 0.2 * _data_bytes(self.X)
+
     def weights(self, rows):
         """The empirical weights of the given rows (a slice or indices), as an array."""
         return row_weights(self.p, rows, self.X.shape[0])
@@ -185,6 +193,8 @@ class Snapshot:
     # risk.centred_eta); for rho = 0, eta0 is the exact risk and eta1 = 0
     eta0: float = 0.0
     eta1: float = 0.0
+    # the predictions X W + b, where the problem keeps them (Problem.keeps_predictions)
+    predictions: np.ndarray = None
 
 
 @dataclass
@@ -228,11 +238,17 @@ def losses_of(X, y, w, b, loss_code, eps):
     return predictions_and_losses(X, y, w, b, loss_code, eps)[1:]
 
 
-def _chunk_losses(prob, rows, w, b):
+def _chunk_losses(prob, rows, w, b, predictions=None):
     """``(X rows, predictions, loss, dl, ddl)`` of one chunk of rows (a slice or sorted
-    indices)."""
+    indices); the predictions are taken from ``predictions`` (n, K) when given."""
     Xc = _chunk(prob.X, rows)
-    return (Xc, *predictions_and_losses(Xc, prob.y[rows], w, b, prob.loss, prob.eps))
+    if predictions is None:
+        return (Xc, *predictions_and_losses(Xc, prob.y[rows], w, b, prob.loss, prob.eps))
+    pred = predictions[rows]
+    loss = np.empty(pred.shape[0])
+    dl, ddl = np.empty_like(pred), np.empty_like(pred)
+    pointwise_losses(prob.loss, pred, prob.y[rows], prob.eps, loss, dl, ddl)
+    return Xc, pred, loss, dl, ddl
 
 
 def snapshot(prob, w, b, eta_guess=np.nan):
@@ -242,8 +258,11 @@ def snapshot(prob, w, b, eta_guess=np.nan):
     ``eta_guess`` (the optimal eta at a nearby point) warm-starts the 1-D solve."""
     n = prob.X.shape[0]
     losses = np.empty(n)
+    predictions = np.empty((n, prob.n_outputs)) if prob.keeps_predictions() else None
     for rows in prob.chunks():
-        losses[rows] = _chunk_losses(prob, rows, w, b)[2]
+        _, pred, losses[rows], _, _ = _chunk_losses(prob, rows, w, b)
+        if predictions is not None:
+            predictions[rows] = pred
     if prob.rho > 0:
         eta0, centred, eta1 = risk.centred_eta(
             losses, prob.p, prob.lam, prob.rho, eta_guess, overwrite=True
@@ -255,7 +274,7 @@ def snapshot(prob, w, b, eta_guess=np.nan):
         value = eta = eta0 = risk.exact_risk(losses, prob.p, prob.lam)
         eta1 = 0.0
     objective = value + 0.5 * prob.alpha * float(np.sum(w * w))
-    return Snapshot(w, b, objective, eta, eta0, eta1)
+    return Snapshot(w, b, objective, eta, eta0, eta1, predictions)
 
 
 def _factors(prob, snap, loss):
@@ -270,26 +289,22 @@ def _factors(prob, snap, loss):
     return c
 
 
-def derivative_chunks(prob, snap, chunks=None, predictions=None):
+def derivative_chunks(prob, snap, chunks=None):
     """Per chunk of rows (all rows by default): ``(rows, X rows, p rows, c, dl, ddl)`` at
-    the snapshot, recomputed from its model; the predictions are also written to
-    ``predictions`` (n, K) when given."""
+    the snapshot, from its predictions when it kept them, else recomputed."""
     for rows in prob.chunks() if chunks is None else chunks:
-        Xc, pred, loss, dl, ddl = _chunk_losses(prob, rows, snap.w, snap.b)
-        if predictions is not None:
-            predictions[rows] = pred
+        Xc, _, loss, dl, ddl = _chunk_losses(prob, rows, snap.w, snap.b, snap.predictions)
         yield rows, Xc, prob.weights(rows), _factors(prob, snap, loss), dl, ddl
 
 
-def full_gradient(prob, snap, on_chunk=None, predictions=None):
+def full_gradient(prob, snap, on_chunk=None):
     """The full gradient at a snapshot in one pass; ``on_chunk(rows, Xc, p, c, dl, ddl)``
-    is called on every chunk, for the passes that gather more (the curvature), and the
-    predictions are kept in ``predictions`` when given."""
+    is called on every chunk, for the passes that gather more (the curvature)."""
     d, K = snap.w.shape
     grad_w = np.zeros((d, K))
     grad_b = np.zeros(K)
     mass = 0.0
-    for rows, Xc, pc, c, dl, ddl in derivative_chunks(prob, snap, None, predictions):
+    for rows, Xc, pc, c, dl, ddl in derivative_chunks(prob, snap):
         weighted = pc * c
         gd = weighted[:, None] * dl
         grad_w += np.asarray(Xc.T @ gd)
@@ -534,11 +549,11 @@ class _CurvatureSums:
         m, s = self.prob.mean, self.prob.inv_scale
         d, K = self.diag.shape
         Adiag = np.einsum("ikk->ik", A)
-        moments = np.zeros((d, K * K + K))
-        x2_a = np.zeros((d, K))
+        moments = np.zeros((d, K * K + 2 * K))
         V = np.column_stack((A.reshape(-1, K * K), e))
-        csr_moments(Xc.data, Xc.indices, Xc.indptr, V, Adiag, moments, x2_a)
-        x_A, x_e = moments[:, : K * K].reshape(d, K, K), moments[:, K * K :]
+        csr_moments(Xc.data, Xc.indices, Xc.indptr, V, Adiag, moments)
+        x_A = moments[:, : K * K].reshape(d, K, K)
+        x_e, x2_a = moments[:, K * K : K * K + K], moments[:, K * K + K :]
         x_a = np.einsum("jkk->jk", x_A)
         sum_A = A.sum(axis=0)
         self.diag += s[:, None] ** 2 * (
@@ -637,11 +652,7 @@ def fit_sgd(
     if not np.isfinite(snap.objective):
         raise ValueError("The objective is not finite at the starting point.")
     damping = _MIN_DAMPING
-    # the snapshot's predictions are kept for the epoch kernel (else it recomputes them:
-    # a second product per row) where the per-sample arrays (the losses of a snapshot, and
-    # the predictions of the current and the candidate snapshots) stay within 20% of X
-    keep = (2 * K + 1) * 8 * n <= 0.2 * _data_bytes(X)
-    cur = _Newton(prob, snap, damping, rng, batch_size, keep)
+    cur = _Newton(prob, snap, damping, rng, batch_size)
     blocks = np.empty((n + batch_size - 1) // batch_size, dtype=np.int64)
     stall = accepted = 0
     start_time = time.perf_counter()
@@ -654,7 +665,8 @@ def fit_sgd(
         state = np.append(snap.b + prob.mean @ snap.w, snap.eta)
         ok = svrg_epoch(
             *_kernel_data(X), prob.y, prob.p, cur.block_pi, blocks, batch_size, prob.loss,
-            hyper, w_t, state, w_snap, snap.b, cur.predictions, prob.mean, prob.inv_scale,
+            hyper, w_t, state, w_snap, snap.b, _kernel_predictions(snap), prob.mean,
+            prob.inv_scale,
             *cur.kernel_preconditioner(), cur.mu,
         )  # fmt: skip
         w_new = w_t.T.copy()
@@ -669,7 +681,7 @@ def fit_sgd(
             # decrement decides
             floor = 1e-14 * (abs(snap.objective) + abs(snap.eta) + prob.lam)
             if new.objective <= snap.objective + floor:
-                new_cur = _Newton(prob, new, damping, rng, batch_size, keep)
+                new_cur = _Newton(prob, new, damping, rng, batch_size)
                 better = new.objective <= snap.objective or new_cur.decrement < cur.decrement
         if not better:
             kappa *= 0.25
@@ -686,7 +698,7 @@ def fit_sgd(
                     # decrement agrees, otherwise the data defeat the method (warn).
                     return snap, epoch, cur.decrement_undamped <= 100 * tol * abs(snap.objective)
                 continue
-            new_cur = _Newton(prob, new, damping, rng, batch_size, keep)
+            new_cur = _Newton(prob, new, damping, rng, batch_size)
         accepted += 1
         decrease = (snap.objective - new.objective) / max(abs(new.objective), 1e-300)
         snap, cur = new, new_cur
@@ -710,6 +722,14 @@ def fit_sgd(
         ):
             return snap, epoch, True
     return snap, max_iter, False
+
+
+def _kernel_predictions(snap):
+    """The snapshot's predictions for the epoch kernel; an empty array (it recomputes
+    them) where the snapshot did not keep them."""
+    if snap.predictions is None:
+        return np.zeros((0, snap.b.shape[0]))
+    return snap.predictions
 
 
 def _data_bytes(X):
@@ -785,8 +805,7 @@ class _Newton:
     ``(V, b_c, eta)``: the damped inverse Hessian ``P``, the full gradient ``g``, the same
     without the penalty ``mu`` (the kernel adds the penalty's exact gradient at every
     step), the sampling probabilities ``block_pi`` of blocks of ``block_size`` rows by
-    curvature, the snapshot's ``predictions`` with ``keep_predictions`` (else an empty
-    array), and the decrement
+    curvature, and the decrement
     ``g^T P g / 2`` (about the suboptimality once the damping is small).
 
     Damping (Levenberg-Marquardt) adds ``damping * max eigenvalue`` to the Hessian: near a
@@ -801,7 +820,7 @@ class _Newton:
     complement: K eigendecompositions of size d + 1 instead of one of size (d + 1) K + 1.
     """
 
-    def __init__(self, prob, snap, damping, rng, block_size=64, keep_predictions=False):
+    def __init__(self, prob, snap, damping, rng, block_size=64):
         d, K = snap.w.shape
         dim = prob.dim
         self.arrow = uses_arrow_hessian(prob)
@@ -809,9 +828,7 @@ class _Newton:
         mode = "arrow" if self.arrow else "blocks" if self.blocks else "exact"
         sums = _CurvatureSums(prob, mode, block_size, rng)
         sums.start(snap)
-        n = prob.X.shape[0] if keep_predictions else 0
-        self.predictions = np.empty((n, K))  # the snapshot's, for the epoch kernel
-        grad = full_gradient(prob, snap, sums.add, self.predictions if n else None)
+        grad = full_gradient(prob, snap, sums.add)
         self.block_pi = sums.sampling_probabilities()
         if self.arrow:
             self.diag, self.cross, self.border = sums.finish()
