@@ -31,7 +31,9 @@ extensions = [
     "sphinx.ext.mathjax",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
+    "myst_parser",  # the benchmarks page includes the README's Markdown section
 ]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 # No intersphinx: its inventories are fetched from the network at build time, and a
 # failed fetch is a warning (an error under -W). References to scikit-learn, NumPy or
 # Dask objects render as code without a link.
