@@ -199,13 +199,14 @@ class DROLinearModel(BaseEstimator):
         preconditioner costs less per step than the gradients, and the mini-batch noise
         stays below the preconditioned curvature (the per-sample smoothness is about D in
         that metric). For sparse data, enough rows that their non-zeros outnumber the
-        d K coefficients, whose per-step work (centring, preconditioning) they amortise."""
+        d K coefficients four times over: their per-step work (centring, preconditioning,
+        the update) costs as much per coefficient as the rows do per non-zero."""
         if self.batch_size != "auto":
             return self.batch_size
         if uses_arrow_hessian(prob):
             n, d = prob.X.shape
             per_row = max(prob.X.nnz / max(n, 1), 1.0)
-            return int(min(n, max(4 * (prob.n_outputs + 1), np.ceil(2 * d / per_row))))
+            return int(min(n, max(4 * (prob.n_outputs + 1), np.ceil(4 * d / per_row))))
         return 4 * prob.dim
 
     def _initial_point(self, prob):

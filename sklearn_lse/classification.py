@@ -85,7 +85,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         of classes otherwise), which keeps the preconditioned steps stable and the cost of
         the preconditioner below that of the gradients. For sparse data with more than 1024
         coefficients (``n_features * K``), it is about
-        ``2 * n_features / (non-zeros per row)`` (at least ``4 * (K + 1)``), so that the
+        ``4 * n_features / (non-zeros per row)`` (at least ``4 * (K + 1)``), so that the
         rows' non-zeros amortise the per-step work on the coefficients.
     learning_rate : "auto" or float, default="auto"
         Largest multiplier of the preconditioned step of ``"sgd"`` (the inverse Hessian at

@@ -76,7 +76,7 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         Samples per stochastic step (``"sgd"``). ``"auto"`` is ``4 * (n_features + 2)``,
         which keeps the preconditioned steps stable and the cost of the preconditioner
         below that of the gradients. For sparse data with more than 1024 features, it is
-        about ``2 * n_features / (non-zeros per row)`` (at least 8), so that the rows'
+        about ``4 * n_features / (non-zeros per row)`` (at least 8), so that the rows'
         non-zeros amortise the per-step work on the coefficients.
     learning_rate : "auto" or float, default="auto"
         Largest multiplier of the preconditioned step of ``"sgd"`` (the inverse Hessian at
