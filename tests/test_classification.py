@@ -14,6 +14,7 @@ from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_lse import DROClassifier, kl_dro_risk
+from sklearn_lse.__main__ import corrupt_labels
 
 
 def make_data(kind, seed=0):
@@ -152,22 +153,14 @@ def test_large_lam_is_logistic_regression(kind, solver):
 # ----------------------------------------------------------------------------------------
 # 4. Robustness shows on digits with corrupted training labels
 # ----------------------------------------------------------------------------------------
-def corrupt_labels(y, rng):
-    """A fixed class-dependent flip of 30% of the labels: 60% of each even digit is
-    labelled as the next (odd) digit, at random. An even digit is then mostly labelled as
-    its neighbour: maximum likelihood follows the majority label and all but gives up the
-    even digits, while the robust objective keeps weight on their correctly labelled
-    minority, which it fits worst, and hedges between the two labels of each ambiguous
-    pair. (When the correct label stays the majority of every class, e.g. 30% of each
-    digit moved to the next, the worst-case weights fall on the flipped labels and DRO
-    does not beat logistic regression; the README says so.)"""
-    noisy = y.copy()
-    for k in range(0, 10, 2):
-        members = np.flatnonzero(y == k)
-        noisy[rng.choice(members, round(0.6 * len(members)), replace=False)] = k + 1
-    return noisy
-
-
+# The corruption is the demo's (python -m sklearn_lse), so that this test also guards what
+# the demo shows: 60% of each even digit is labelled as the next (odd) digit, 30% of all
+# labels. An even digit is then mostly labelled as its neighbour: maximum likelihood
+# follows the majority label and all but gives up the even digits, while the robust
+# objective keeps weight on their correctly labelled minority, which it fits worst, and
+# hedges between the two labels of each ambiguous pair. (When the correct label stays the
+# majority of every class, e.g. 30% of each digit moved to the next, the worst-case weights
+# fall on the flipped labels and DRO does not beat logistic regression; the README says so.)
 def worst_class_accuracy(model, X, y):
     pred = model.predict(X)
     return min(np.mean(pred[y == k] == k) for k in np.unique(y))

@@ -6,8 +6,21 @@ import tracemalloc
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from sklearn.base import clone
 
 from sklearn_lse import DROClassifier, DRORegressor
+
+
+def fit_and_trace(model, X, y):
+    """Fit, and the peak memory that Python's allocators traced during the fit (the
+    kernels are compiled first on a few rows, outside the trace)."""
+    clone(model).fit(X[:500], y[:500])
+    tracemalloc.start()
+    try:
+        model.fit(X, y)
+        return model, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 @pytest.mark.parametrize("Estimator", [DRORegressor, DROClassifier])
@@ -19,13 +32,7 @@ def test_float32_is_trained_in_float32_without_a_float64_copy(Estimator):
         y = y > 0
     X32 = X.astype(np.float32)
     reference = Estimator(lam=1.0, rho=1e-2, random_state=0).fit(X, y)
-    Estimator(lam=1.0, rho=1e-2).fit(X32[:500], y[:500])  # compile outside tracemalloc
-    tracemalloc.start()
-    try:
-        model = Estimator(lam=1.0, rho=1e-2, random_state=0).fit(X32, y)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    model, peak = fit_and_trace(Estimator(lam=1.0, rho=1e-2, random_state=0), X32, y)
     # a float64 copy of X alone would be 2 X32.nbytes
     assert peak < 1.5 * X32.nbytes
     assert model.coef_.dtype == np.float32
@@ -49,13 +56,7 @@ def test_fit_allocates_little_beyond_X(Estimator, budget):
     y = X @ rng.normal(size=10) + rng.standard_t(3, size=X.shape[0])
     if Estimator is DROClassifier:
         y = y > 0
-    Estimator(lam=1.0, rho=1e-2).fit(X[:500], y[:500])  # compile outside tracemalloc
-    tracemalloc.start()
-    try:
-        model = Estimator(lam=1.0, rho=1e-2, random_state=0).fit(X, y)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    model, peak = fit_and_trace(Estimator(lam=1.0, rho=1e-2, random_state=0), X, y)
     assert peak < budget * X.nbytes
     assert np.all(np.isfinite(model.coef_))
 
