@@ -6,6 +6,8 @@ relaxed KL-DRO risk of any loss vector, and the model selection metrics of
 :mod:`sklearn_lse.metrics` are also importable from here.
 """
 
+# First: Numba must have a writable cache location before any kernel module is imported.
+from . import _numba_cache  # noqa: F401
 from .classification import DROClassifier
 from .metrics import make_robust_scorer, robust_risk_score, worst_class_recall_score
 from .regression import DRORegressor
