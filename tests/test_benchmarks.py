@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a few minutes: the paper's experiment and the speed runs
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -20,7 +22,6 @@ def test_quick_benchmarks_run_and_give_finite_numbers(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = (tmp_path / "results.md").read_text()

@@ -4,6 +4,8 @@ dask.distributed cluster: each chunk of a dask array reaches the estimator's par
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # a local cluster, and the dask extra
+
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 wrappers = pytest.importorskip("dask_ml.wrappers")
