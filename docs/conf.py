@@ -7,9 +7,15 @@ Build (from the repository root, after ``python -m pip install -e ".[docs]"``)::
 The example gallery is executed by default, each example in its small configuration
 (``SKLEARN_LSE_QUICK=1``); ``SKLEARN_LSE_DOCS_EXECUTE=0`` builds it without running the
 examples (their code and text only).
+
+The build needs no network, and neither do the pages: MathJax comes from the
+``sphinx-mathjax-offline`` package (in the ``docs`` extra) and is copied into the pages'
+``_static/mathjax``.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 import sklearn_lse
 
@@ -39,7 +45,14 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 # Dask objects render as code without a link.
 
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "generated/backreferences"]
+# sg_execution_times: see write_computation_times below (excluded too, in case an older
+# build left the page in the source folder)
+exclude_patterns = [
+    "_build",
+    "generated/backreferences",
+    "sg_execution_times.rst",
+    "auto_examples/sg_execution_times.rst",
+]
 root_doc = "index"
 default_role = "literal"
 
@@ -78,15 +91,47 @@ sphinx_gallery_conf = {
     "backreferences_dir": "generated/backreferences",
     "reference_url": {"sklearn_lse": None},
     "remove_config_comments": True,
+    # the execution-times page loads jQuery and DataTables from CDNs: not offline
+    "write_computation_times": False,
 }
+
+
+
+def _mathjax_folder():
+    """The folder that holds MathJax 3 (``mathjax/``) in the sphinx-mathjax-offline
+    package: listed in html_static_path, it is copied to ``_static/mathjax``."""
+    spec = importlib.util.find_spec("sphinx-mathjax-offline")
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            "the documentation serves its own copy of MathJax, from the "
+            "sphinx-mathjax-offline package: python -m pip install -e '.[docs]'"
+        )
+    folder = Path(spec.origin).parent / "static"
+    if not (folder / "mathjax" / "tex-chtml.js").is_file():
+        raise RuntimeError(f"no MathJax in {folder}: reinstall sphinx-mathjax-offline")
+    return str(folder)
+
+
+# Formulas: MathJax served with the pages (no CDN), so that they render offline.
+mathjax_path = "mathjax/tex-chtml.js"
+html_static_path = ["_static", _mathjax_folder()]
+html_css_files = ["code.css"]
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"sklearn_lse {release}"
 html_theme_options = {
     "icon_links": [],
     "navbar_end": ["theme-switcher"],
-    "secondary_sidebar_items": ["page-toc"],
+    # the user guide's sections are in its left sidebar (html_sidebars)
+    "secondary_sidebar_items": {"**": ["page-toc"], "user_guide": []},
     "show_toc_level": 2,
 }
-html_sidebars = {"index": [], "getting_started": [], "benchmarks": []}
+# The pages without sub-pages have nothing to show in the left sidebar's section
+# navigation; the user guide shows its own sections there instead.
+html_sidebars = {
+    "index": [],
+    "getting_started": [],
+    "benchmarks": [],
+    "user_guide": ["sidebar-page-sections.html"],
+}
 html_show_sourcelink = False
