@@ -1,34 +1,89 @@
 """The estimator layer shared by DRORegressor and DROClassifier: parameters, validation,
-the call into the solvers and the robust-risk methods.
+the call into the solvers, transactional fits and the robust-risk methods.
 
 scikit-learn's private helpers (parameter constraints, ``_fit_context``) are imported here
-and nowhere else.
+and nowhere else. The estimators see the solvers only through
+:mod:`sklearn_lse._registry` and :func:`solve`.
 """
 
+import contextlib
+import copy
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 from . import risk
-from ._solvers import (
-    Problem,
-    fit_lbfgs,
-    fit_sgd,
-    snapshot,
-    stochastic_newton_step,
-    uses_arrow_hessian,
-    warn_not_converged,
-)
+from ._objective import losses_of, snapshot
+from ._curvature import uses_arrow_hessian
+from ._problem import Problem, least_squares_start
+from ._registry import LOSSES, SOLVER_NAMES, SOLVERS, choose_solver
+from ._result import warn_not_converged
+from ._sgd import stochastic_newton_step
 
-__all__ = ["DROLinearModel", "FLOAT_DTYPES", "Interval", "StrOptions", "_fit_context"]
+__all__ = [
+    "DROLinearModel",
+    "FLOAT_DTYPES",
+    "Interval",
+    "StrOptions",
+    "_fit_context",
+    "check_csr",
+    "least_squares_start",
+    "loss_code",
+    "losses_of",
+    "target_scale",
+]
 
 # float32 data are trained in float32 storage (no float64 copy of X), with float64
 # accumulation; anything else is converted to float64
 FLOAT_DTYPES = (np.float64, np.float32)
+
+_ADVICE = {
+    "newton": "Increase max_iter, or loosen tol.",
+    "lbfgs": "Increase max_iter, loosen tol, or use solver='newton' (the default for up to "
+    "1024 coefficients), which also certifies its optimum.",
+    "sgd": "Increase max_iter, loosen tol, or use solver='newton' where the number of "
+    "coefficients allows it.",
+}
+
+
+def check_csr(X):
+    """Refuse a malformed CSR matrix before any kernel reads it: ``indptr`` must start at
+    0, never decrease and end at the number of non-zeros, and every column index must be
+    in range (a kernel would otherwise read or write outside the arrays)."""
+    if not sp.issparse(X):
+        return X
+    indptr, indices = X.indptr, X.indices
+    n, d = X.shape
+    if (
+        indptr.shape != (n + 1,)
+        or indptr[0] != 0
+        or indptr[-1] != X.data.shape[0]
+        or indices.shape != X.data.shape
+        or np.any(np.diff(indptr) < 0)
+    ):
+        raise ValueError(
+            "X is a malformed CSR matrix: its indptr must start at 0, never decrease and "
+            "end at the number of stored values."
+        )
+    if indices.shape[0] and (indices.min() < 0 or indices.max() >= d):
+        raise ValueError(f"X is a malformed CSR matrix: column indices outside [0, {d}).")
+    return X
+
+
+def _fitted_state(estimator):
+    """A copy of everything a fit may change (the fitted attributes and the state of a
+    stream), to restore after a failure."""
+    return {
+        key: copy.deepcopy(value)
+        for key, value in vars(estimator).items()
+        if key.endswith("_") or key.startswith("_")
+    }
 
 
 class DROLinearModel(BaseEstimator):
@@ -39,7 +94,7 @@ class DROLinearModel(BaseEstimator):
         "rho": [Interval(Real, 0, 1, closed="left")],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "fit_intercept": ["boolean"],
-        "solver": [StrOptions({"sgd", "lbfgs"})],
+        "solver": [StrOptions(SOLVER_NAMES)],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -50,13 +105,27 @@ class DROLinearModel(BaseEstimator):
         "verbose": ["verbose"],
     }
 
+    @contextlib.contextmanager
+    def _transaction(self):
+        """Everything a fit, refit or partial fit changes is restored if it fails in any
+        way (a bad input found late, a numerical failure, KeyboardInterrupt): a fitted
+        model stays exactly as it was, an unfitted one stays unfitted."""
+        saved = _fitted_state(self)
+        try:
+            yield
+        except BaseException:
+            for key in [k for k in vars(self) if k.endswith("_") or k.startswith("_")]:
+                del self.__dict__[key]
+            self.__dict__.update(saved)
+            raise
+
     def _check_solver_params(self):
         """Checks that involve more than one parameter; run before any work."""
-        if self.rho == 0 and self.solver == "sgd":
+        if self.rho == 0 and self.solver in SOLVERS and not SOLVERS[self.solver].exact:
             raise ValueError(
-                "rho=0 means the exact LogSumExp risk, which has no unbiased stochastic "
-                "gradient: use solver='lbfgs' for rho=0, or a small rho > 0 (e.g. 1e-3) "
-                "with solver='sgd'."
+                f"rho=0 means the exact LogSumExp risk, which has no unbiased stochastic "
+                f"gradient: solver={self.solver!r} needs rho > 0. Use solver='newton' or "
+                "'lbfgs' (or the default 'auto') for rho=0, or a small rho > 0 (e.g. 1e-3)."
             )
 
     def _check_target_1d(self, y):
@@ -74,60 +143,113 @@ class DROLinearModel(BaseEstimator):
                 "vector, or use sklearn.multioutput for several targets."
             )
 
-    def _problem(self, X, y, p, *, loss, eps, n_outputs):
+    def _validate_X_y(self, X, y, reset, **kwargs):
+        self._check_target_1d(y)
+        X, y = validate_data(
+            self, X, y, reset=reset, dtype=FLOAT_DTYPES, order="C", accept_sparse="csr", **kwargs
+        )
+        return check_csr(X), y
+
+    def _problem(self, X, y, p, *, code, eps, n_outputs, lam, alpha):
         return Problem.build(
             X,
             y,
             p,
             n_outputs=n_outputs,
-            loss=loss,
+            loss=code,
             eps=eps,
-            lam=float(self.lam),
+            lam=lam,
             rho=float(self.rho),
-            alpha=float(self.alpha),
+            alpha=alpha,
             fit_intercept=self.fit_intercept,
         )
 
-    def _fit_linear(self, X, y, p, *, loss, eps, n_outputs=1):
-        """Solve for (W, b) of shapes (d, K) and (K,) on validated arrays and store the
-        fitted model (see :meth:`_store_model`)."""
-        prob = self._problem(X, y, p, loss=loss, eps=eps, n_outputs=n_outputs)
-        w, b = self._initial_point(prob)
-        if self.solver == "lbfgs":
-            snap, n_iter, converged = fit_lbfgs(prob, w, b, max_iter=self.max_iter, tol=self.tol)
-        else:
-            snap, n_iter, converged = self._fit_sgd(
-                prob, w, b, check_random_state(self.random_state)
+    def _fit_linear(self, X, y, p, *, code, eps, n_outputs=1, scale=1.0, degree=0):
+        """Solve for (W, b) of shapes (d, K) and (K,) on validated arrays; returns the
+        fitted attributes (see :meth:`_model_attributes`), so that the caller sets them
+        all at once.
+
+        ``scale`` (a power of two) and ``degree``: the target was divided by ``scale``, so
+        the loss is divided by ``scale**degree``; lam, epsilon and alpha are scaled to
+        match, and the solution is scaled back exactly."""
+        loss_scale = scale**degree
+        lam = float(self.lam) / loss_scale
+        alpha = float(self.alpha) * scale**2 / loss_scale
+        if not (lam > 0 and np.isfinite(lam) and np.isfinite(alpha)):
+            raise ValueError(
+                f"lam={self.lam!r} and alpha={self.alpha!r} are out of range for targets "
+                f"of size {scale:.3g}: lam / size**{degree} must be a positive float64 and "
+                f"alpha * size**{2 - degree} finite. Rescale y."
             )
-        _check_finite(snap)
-        if not converged:
-            warn_not_converged(self.solver, self.max_iter)
-        self.__dict__.pop("_stream", None)  # a full fit ends any stream of partial fits
-        self._store_model(snap.w.astype(X.dtype), snap.b, snap.eta, snap.objective, n_iter)
-
-    def _fit_sgd(self, prob, w, b, rng):
-        """The stochastic solver with the estimator's settings; (snapshot, n_iter,
-        converged)."""
-        return fit_sgd(
-            prob,
-            w,
-            b,
-            rng=rng,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            n_iter_no_change=self.n_iter_no_change,
-            batch_size=self._batch_size(prob),
-            learning_rate=self.learning_rate,
-            verbose=self.verbose,
+        prob = self._problem(
+            X, y, p, code=code, eps=eps / scale, n_outputs=n_outputs, lam=lam, alpha=alpha
         )
+        name, result = self._run_solver(prob, *self._initial_point(prob, scale))
+        snap = result.snapshot
+        _check_finite(snap)
+        if not result.converged:
+            warn_not_converged(name, result, _ADVICE[name])
+        attributes = self._model_attributes(
+            snap.w * scale, snap.b * scale, X.dtype, snap.eta * loss_scale,
+            snap.objective * loss_scale, result.n_iter,
+        )  # fmt: skip
+        attributes.update(
+            solver_=name,
+            objective_curve_=np.asarray(result.history) * loss_scale,
+            duality_gap_=float(result.suboptimality),
+            _stream=None,  # a full fit ends any stream of partial fits
+        )
+        return attributes
 
-    def _partial_fit_linear(self, X, y, p, weight, *, loss, eps, n_outputs=1):
+    def _run_solver(self, prob, w, b, rng=None):
+        """The registered solver that ``solver`` means for this problem, from (w, b);
+        returns (its name, its result)."""
+        name = choose_solver(self.solver, prob)
+        solver = SOLVERS[name]
+        options = {
+            "rng": check_random_state(self.random_state) if rng is None else rng,
+            "n_iter_no_change": self.n_iter_no_change,
+            "batch_size": self._batch_size(prob),
+            "learning_rate": self.learning_rate,
+        }
+        # The products of a fit with few coefficients are small (a chunk of rows by D
+        # columns): BLAS threads cost more in synchronisation than they gain there, and
+        # much more on a loaded machine (spinning threads starve each other)
+        limits = threadpool_limits(limits=1, user_api="blas") if prob.dim <= 256 else None
+        try:
+            result = solver.fit(
+                prob,
+                w,
+                b,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                verbose=self.verbose,
+                **{key: options[key] for key in solver.options},
+            )
+        finally:
+            if limits is not None:
+                limits.restore_original_limits()
+        return name, result
+
+    def _commit(self, attributes):
+        """Set the fitted attributes of a successful fit, all at once."""
+        for key, value in attributes.items():
+            if value is None:
+                self.__dict__.pop(key, None)
+            else:
+                setattr(self, key, value)
+
+    def _partial_fit_linear(self, X, y, p, weight, *, code, eps, n_outputs=1):
         """One stochastic Newton step on the joint relaxed objective (W, b, eta) with the
         block's gradient, whatever ``solver`` (see
-        :func:`~sklearn_lse._solvers.stochastic_newton_step`), from the previous iterate,
+        :func:`~sklearn_lse._sgd.stochastic_newton_step`), from the previous iterate,
         scaled by the block's share of the total sample ``weight`` seen so far.
-        ``risk_`` and ``eta_`` are those of the model on this block (eta solved exactly)."""
-        prob = self._problem(X, y, p, loss=loss, eps=eps, n_outputs=n_outputs)
+        ``risk_`` and ``eta_`` are those of the model on this block (eta solved exactly).
+        Returns the fitted attributes."""
+        prob = self._problem(
+            X, y, p, code=code, eps=eps, n_outputs=n_outputs, lam=float(self.lam),
+            alpha=float(self.alpha),
+        )  # fmt: skip
         stream = getattr(self, "_stream", None)
         if stream is None:
             rng = check_random_state(self.random_state)
@@ -137,9 +259,7 @@ class DROLinearModel(BaseEstimator):
             else:
                 # the first block is solved to convergence: the stochastic Newton steps of
                 # the next ones average out its noise, but would be slow to undo its bias
-                # (one Newton step from the least-squares start is not near the optimum)
-                start = self._cold_start(prob)
-                first, _, _ = self._fit_sgd(prob, *start, rng)
+                first = self._run_solver(prob, *self._cold_start(prob), rng)[1].snapshot
                 w, b, eta = first.w, first.b, first.eta
             stream = {"rng": rng, "w": w, "b": b, "eta": eta, "weight": 0.0, "n_iter": 0}
         kappa = 1.0 if self.learning_rate == "auto" else float(self.learning_rate)
@@ -156,21 +276,17 @@ class DROLinearModel(BaseEstimator):
             snap = snapshot(prob, w, b, eta)
         if not np.isfinite(snap.objective):
             raise FloatingPointError(
-                "partial_fit diverged on this block; the estimator was left unchanged. "
-                "Scale the features, or lower learning_rate."
+                "partial_fit diverged on this block. Scale the features, or lower "
+                "learning_rate."
             )
         _check_finite(snap)
-        self._stream = {
-            **stream,
-            "w": w,
-            "b": b,
-            "eta": eta,
-            "weight": total,
-            "n_iter": stream["n_iter"] + 1,
-        }
-        self._store_model(
-            snap.w.astype(X.dtype), snap.b, snap.eta, snap.objective, self._stream["n_iter"]
+        stream = {**stream, "w": w, "b": b, "eta": eta, "weight": total}
+        stream["n_iter"] += 1
+        attributes = self._model_attributes(
+            snap.w, snap.b, X.dtype, snap.eta, snap.objective, stream["n_iter"]
         )
+        attributes["_stream"] = stream
+        return attributes
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -187,12 +303,10 @@ class DROLinearModel(BaseEstimator):
             )
         return True
 
-    def _store_model(self, w, b, eta, objective, n_iter):
-        """Set ``coef_`` and ``intercept_`` from W (d, K) and b (K,) (subclasses), and the
-        attributes common to both estimators."""
-        self.eta_ = float(eta)
-        self.risk_ = float(objective)
-        self.n_iter_ = int(n_iter)
+    def _model_attributes(self, w, b, dtype, eta, objective, n_iter):
+        """The fitted attributes of the model W (d, K), b (K,): ``coef_`` and
+        ``intercept_`` (subclasses) and those common to both estimators."""
+        return {"eta_": float(eta), "risk_": float(objective), "n_iter_": int(n_iter)}
 
     def _batch_size(self, prob):
         """``"auto"``: 4 D for D variables (4 (d + 2) for one output), so that the D^2
@@ -209,11 +323,11 @@ class DROLinearModel(BaseEstimator):
             return int(min(n, max(4 * (prob.n_outputs + 1), np.ceil(4 * d / per_row))))
         return 4 * prob.dim
 
-    def _initial_point(self, prob):
+    def _initial_point(self, prob, scale=1.0):
         if self.warm_start and hasattr(self, "coef_"):
             w, b = self._model_point(prob)
             if w.shape[1] == prob.n_outputs:  # else the classes changed: start afresh
-                return w, b
+                return w / scale, b / scale
         return self._cold_start(prob)
 
     def _model_point(self, prob):
@@ -231,7 +345,8 @@ class DROLinearModel(BaseEstimator):
 
         It is the reweighting of ``(X, y)`` that attains :meth:`robust_risk`: the softmax
         ``p_i exp(loss_i / lam)`` for ``rho=0``, and the relaxed distribution
-        ``p_i sigmoid(z_i) / rho``, capped at ``p_i / rho``, for ``rho > 0``.
+        ``p_i c_i``, capped at ``p_i / rho``, for ``rho > 0`` (the factors of
+        :func:`~sklearn_lse.gradient_factors`).
 
         Parameters
         ----------
@@ -281,14 +396,30 @@ class DROLinearModel(BaseEstimator):
 
     def _validate_for_predict(self, X):
         check_is_fitted(self)
-        return validate_data(
+        X = validate_data(
             self, X, reset=False, dtype=FLOAT_DTYPES, order="C", accept_sparse="csr"
         )
+        return check_csr(X)
 
 
 def _check_finite(snap):
     if not (np.all(np.isfinite(snap.w)) and np.all(np.isfinite(snap.b))):
         raise FloatingPointError(
-            "The solver produced non-finite coefficients; the estimator was left "
-            "unchanged. Scale the features, or try solver='lbfgs'."
+            "The solver produced non-finite coefficients. Scale the features, or try "
+            "solver='lbfgs'."
         )
+
+
+def target_scale(y):
+    """A power of two of the size of the targets: the regressor fits on ``y / scale``
+    (exactly, a power of two) and scales the solution back, so that targets of any size
+    (1e-300 to 1e300) are solved with the same numbers."""
+    top = float(np.max(np.abs(y))) if y.shape[0] else 0.0
+    if not top > 0:
+        return 1.0
+    return risk.power_of_two(top)
+
+
+def loss_code(name, n_classes=2):
+    """The kernel code of a registered loss."""
+    return LOSSES[name].code(n_classes)

@@ -1,11 +1,21 @@
-"""Numba kernels: per-sample losses of linear models, the stochastic epoch of the relaxation
-and the per-sample work around it (curvature weights, block sampling).
+"""Every Numba kernel of the package, in one file: the overflow-free primitives, the KL-DRO
+risk and its softplus relaxation (the factors, the 1-D solve for eta), the per-sample losses
+of linear models, and the solvers' per-sample work (curvature, line searches, the
+stochastic epoch, block sampling).
 
-The losses live here, next to the kernel that inlines them (Numba's cache does not notice
-edits to other files). Losses are integer codes with a scalar parameter, never objects.
+They live together because the kernels are cached on disk (``cache=True``) and Numba's
+cache does not notice edits to other files: a cached kernel only calls jitted functions of
+this file (``tests/test_style.py`` checks it). Losses are integer codes with a scalar
+parameter, never objects; their names are in :mod:`sklearn_lse._registry`.
 
-Every loss is a function of the prediction ``f`` and the target ``y``; the kernels need its
-value, first and second derivatives in ``f``.
+Notation of ``shared/MATH.md``: losses ``l_i``, empirical weights ``p_i`` (one value for
+uniform weights), temperature ``lam``, density cap ``rho``, threshold ``eta`` (the paper's
+shifted by ``lam log(1 - rho)``, see the relaxation section), ``w_i = (l_i - eta) / lam``;
+factors ``c_i = exp(w_i) / (1 - rho + rho exp(w_i))`` (the paper's ``sigmoid(z_i) / rho``:
+the gradient of the relaxed objective is ``c_i`` times that of the loss) and curvatures
+``k_i = c_i (1 - rho c_i) / lam`` (the second derivative in the loss). For ``rho = 0``
+(the exact LogSumExp risk, whose threshold is the risk itself) they are the limits
+``c_i = exp(w_i)`` and ``k_i = c_i / lam``.
 """
 
 import math
@@ -13,23 +23,333 @@ import math
 import numpy as np
 from numba import njit
 
-from .risk import sigmoid, softplus, weight
-
 _NJIT = {"cache": True, "nogil": True}
 
+# --------------------------------------------------------------------------------------
+# Overflow-free scalar primitives
+# --------------------------------------------------------------------------------------
+@njit(**_NJIT)
+def softplus(x):
+    """``log(1 + exp(x))`` without overflow for any finite ``x``."""
+    if x > 0.0:
+        return x + math.log1p(math.exp(-x))
+    return math.log1p(math.exp(x))
+
+
+@njit(**_NJIT)
+def sigmoid(x):
+    """``1 / (1 + exp(-x))`` without overflow for any finite ``x``."""
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+@njit(**_NJIT)
+def offset(rho):
+    """``1 + (1 - rho)/rho * log(1 - rho) = sum_k rho^k / (k (k+1))``, accurate for tiny rho."""
+    if rho < 0.1:
+        total = 0.0
+        term = 1.0
+        for k in range(1, 40):
+            term *= rho
+            total += term / (k * (k + 1.0))
+        return total
+    return 1.0 + (1.0 - rho) / rho * math.log1p(-rho)
+
+
+@njit(**_NJIT)
+def weight(p, i):
+    """``p[i]``, where a ``p`` of length 1 stands for uniform weights (the solvers keep
+    one number instead of n for unweighted data)."""
+    return p[0] if p.shape[0] == 1 else p[i]
+
+
+# --------------------------------------------------------------------------------------
+# Exact LogSumExp risk
+# --------------------------------------------------------------------------------------
+@njit(**_NJIT)
+def _max_supported(losses, p):
+    m = -np.inf
+    for i in range(losses.shape[0]):
+        if weight(p, i) > 0.0 and losses[i] > m:
+            m = losses[i]
+    return m
+
+
+@njit(**_NJIT)
+def exact_risk(losses, p, lam):
+    """``lam * log sum_i p_i exp(losses_i / lam)``.
+
+    Shifted by the largest supported loss ``m``, as ``m + lam * log1p(sum_i p_i
+    expm1((l_i - m) / lam))`` while the sum is not close to -1 and the weights sum to 1 to
+    rounding: their rounding (of order 1e-16) is then never multiplied by ``lam``, so that
+    the risk tends to the weighted mean loss, not to ``lam * 1e-16``, as ``lam -> inf``.
+    (The weights of a subset of the samples sum to less than 1.)
+    """
+    m = _max_supported(losses, p)
+    s = 0.0
+    total = 0.0
+    for i in range(losses.shape[0]):
+        if weight(p, i) > 0.0:
+            s += weight(p, i) * math.expm1((losses[i] - m) / lam)
+            total += weight(p, i)
+    if abs(total - 1.0) > 1e-12:
+        s += total - 1.0
+    if s > -0.5:
+        return m + lam * math.log1p(s)
+    s = 0.0
+    for i in range(losses.shape[0]):
+        if weight(p, i) > 0.0:
+            s += weight(p, i) * math.exp((losses[i] - m) / lam)
+    return m + lam * math.log(s)
+
+
+@njit(**_NJIT)
+def exact_weights(losses, p, lam, out):
+    """Write the worst-case distribution ``p*`` (softmax of ``losses / lam`` under p) to out."""
+    m = _max_supported(losses, p)
+    s = 0.0
+    for i in range(losses.shape[0]):
+        if weight(p, i) > 0.0:
+            out[i] = weight(p, i) * math.exp((losses[i] - m) / lam)
+            s += out[i]
+        else:
+            out[i] = 0.0
+    for i in range(losses.shape[0]):
+        out[i] /= s
+
+
+# --------------------------------------------------------------------------------------
+# Softplus relaxation
+#
+# In the threshold eta of this package (the paper's, shifted by lam log(1 - rho), so that
+# eta is the loss itself when all the losses are equal) the relaxed risk is
+#
+#     R_rho = min_eta  eta + (lam / rho) sum_i p_i log1p(rho expm1(w_i)),
+#     w_i = (l_i - eta) / lam,
+#
+# which equals min of the softplus form eta - lam + (lam / rho) sum p softplus(z) plus
+# lam * offset(rho) exactly, without its large constants (no cancellation as lam -> inf),
+# and tends to the exact form eta + lam sum_i p_i expm1(w_i) as rho -> 0. Its derivative
+# in l_i is p_i c_i with c_i = exp(w_i) / (1 - rho + rho exp(w_i)) = sigmoid(z_i) / rho.
+# --------------------------------------------------------------------------------------
+@njit(inline="always", **_NJIT)
+def relaxation_weights(d, lam, rho):
+    """The factor ``c`` and the curvature ``k = c (1 - rho c) / lam`` of a sample whose
+    loss is ``d`` above the threshold (``rho = 0``: ``exp(d / lam)`` and ``c / lam``), in
+    overflow-free forms (``1 - rho c`` is never formed by subtraction)."""
+    w = d / lam
+    if rho == 0.0:
+        c = math.exp(min(w, 700.0))
+        return c, c / lam
+    if w >= 0.0:
+        e = math.exp(-w)
+        c = 1.0 / (rho + (1.0 - rho) * e)
+        return c, c * c * (1.0 - rho) * e / lam
+    e = math.exp(w)
+    q = 1.0 / (1.0 - rho + rho * e)
+    return e * q, e * q * q * (1.0 - rho) / lam
+
+
+@njit(inline="always", **_NJIT)
+def relaxation_log_factor(d, lam, rho):
+    """``log c`` of :func:`relaxation_weights`, for masses that underflow."""
+    w = d / lam
+    if rho == 0.0:
+        return w
+    if w >= 0.0:
+        return -math.log(rho + (1.0 - rho) * math.exp(-w))
+    return w - math.log(1.0 - rho + rho * math.exp(w))
+
+
+@njit(inline="always", **_NJIT)
+def relaxation_term(d, lam, rho):
+    """``(lam / rho) log1p(rho expm1(d / lam))``: one sample's term of the relaxed risk,
+    in loss units, for a loss ``d`` above the threshold (``rho = 0``:
+    ``lam expm1(d / lam)``). Finite for any finite ``d`` and ``lam > 0``."""
+    w = d / lam
+    if rho == 0.0:
+        return lam * math.expm1(min(w, 700.0))
+    if w < 700.0:
+        e = math.expm1(w)
+        x = rho * e
+        if abs(x) < 1e-8:  # log1p(x) / x by its series: exact also for tiny rho
+            return lam * e * (1.0 - x * (0.5 - x / 3.0))
+        return lam / rho * math.log1p(x)
+    # 1 + rho (e^w - 1) = rho e^w (1 + (1 - rho) e^-w / rho), and e^-w = 0 here
+    return (d + lam * math.log(rho)) / rho
+
+
+@njit(**_NJIT)
+def relaxation_terms(losses, eta0, eta1, lam, rho, c, k):
+    """Write the factors ``c_i`` and curvatures ``k_i`` of ``losses`` at the threshold
+    ``eta0 + eta1`` (``eta0`` subtracted first, see :func:`centred_eta`)."""
+    for i in range(losses.shape[0]):
+        c[i], k[i] = relaxation_weights((losses[i] - eta0) - eta1, lam, rho)
+
+
+@njit(**_NJIT)
+def relaxed_value(losses, p, eta, lam, rho):
+    """The relaxed risk's objective in the threshold,
+    ``eta + (lam / rho) sum_i p_i log1p(rho expm1((l_i - eta) / lam))``."""
+    s = 0.0
+    for i in range(losses.shape[0]):
+        if weight(p, i) > 0.0:
+            s += weight(p, i) * relaxation_term(losses[i] - eta, lam, rho)
+    return eta + s
+
+
+@njit(**_NJIT)
+def _log_mass(losses, p, eta, lam, rho):
+    """``g = log sum_i p_i c_i`` (zero at the optimal eta) and its derivative in eta,
+    ``-sum p k / sum p c``; recomputed in the log domain when the mass underflows (huge
+    losses, tiny lam, eta far above them)."""
+    s = 0.0
+    t = 0.0
+    for i in range(losses.shape[0]):
+        if weight(p, i) > 0.0:
+            c, k = relaxation_weights(losses[i] - eta, lam, rho)
+            s += weight(p, i) * c
+            t += weight(p, i) * k
+    if s > 1e-250 and math.isfinite(s):
+        return math.log(s), -t / s
+    m = -np.inf
+    s = 0.0
+    t = 0.0  # sum of p c (1 - rho c) on the shift of s
+    for i in range(losses.shape[0]):
+        if weight(p, i) <= 0.0:
+            continue
+        d = losses[i] - eta
+        a = math.log(weight(p, i)) + relaxation_log_factor(d, lam, rho)
+        c, k = relaxation_weights(d, lam, rho)
+        one_minus = k * lam / c if c > 0.0 else 1.0
+        if a > m:
+            scale = math.exp(m - a)
+            s = s * scale + 1.0
+            t = t * scale + one_minus
+            m = a
+        else:
+            e = math.exp(a - m)
+            s += e
+            t += e * one_minus
+    return m + math.log(s), -t / (s * lam)
+
+
+@njit(**_NJIT)
+def _quantile_guess(losses, rho):
+    """The (1 - rho)-quantile of a strided subsample of the losses: the root's limit as
+    lam -> 0, a cheap cold start for the 1-D solve."""
+    step = max(1, losses.shape[0] // 4096)
+    return np.quantile(losses[::step], 1.0 - rho)
+
+
+@njit(**_NJIT)
+def solve_eta(losses, p, lam, rho, guess=np.nan):
+    """The optimal threshold, the root of ``sum_i p_i c_i(eta) = 1`` (``rho > 0``).
+
+    Newton's method on ``g = log(mass)`` (nearly linear in eta), started at ``guess`` when
+    it is finite (else at a quantile of the losses), and safeguarded on a bracket: the
+    mass is at most ``S = sum_i p_i`` at ``eta = max l`` (every ``c_i <= 1``), and at least
+    1 at ``eta = min l - lam log((1 - rho) / (S - rho))`` (every ``c_i >= 1 / S``; this is
+    ``min l`` for weights summing to 1; a subset of the samples has ``S < 1``). A Newton
+    step that leaves the bracket is replaced by the Illinois (modified regula falsi) point
+    of the bracket, or by bisection when the bracket stops shrinking.
+    """
+    lo = np.inf
+    hi = -np.inf
+    total = 0.0
+    for i in range(losses.shape[0]):
+        if weight(p, i) > 0.0:
+            lo = min(lo, losses[i])
+            hi = max(hi, losses[i])
+            total += weight(p, i)
+    if total < 1.0 - 1e-12:
+        lo -= lam * (math.log1p(-rho) - math.log(max(total - rho, 1e-300)))
+    elif not hi > lo:
+        return hi
+    g_lo = np.inf  # g > 0 at lo, g < 0 at hi; values filled in as they are met
+    g_hi = -np.inf
+    if not math.isfinite(guess):
+        guess = _quantile_guess(losses, rho)
+    eta = guess if lo < guess < hi else 0.5 * (lo + hi)
+    width = hi - lo
+    for _ in range(200):
+        g, dg = _log_mass(losses, p, eta, lam, rho)
+        if abs(g) <= 1e-14:
+            break
+        if g > 0.0:
+            lo, g_lo = eta, g
+            g_hi *= 0.5 if math.isfinite(g_hi) else 1.0  # Illinois: halve the stale end
+        else:
+            hi, g_hi = eta, g
+            g_lo *= 0.5 if math.isfinite(g_lo) else 1.0
+        new = eta - g / dg if dg < 0.0 else np.nan
+        if not (lo < new < hi):
+            if math.isfinite(g_lo) and math.isfinite(g_hi) and hi - lo < 0.5 * width:
+                new = lo + (hi - lo) * g_lo / (g_lo - g_hi)
+            else:
+                new = 0.5 * (lo + hi)
+            width = hi - lo
+            if not (lo < new < hi):
+                new = 0.5 * (lo + hi)
+        if abs(new - eta) <= 1e-15 * (abs(eta) + lam):
+            eta = new
+            break
+        eta = new
+    return eta
+
+
+@njit(**_NJIT)
+def centred_eta(losses, p, lam, rho, guess=np.nan, overwrite=False):
+    """The optimal threshold, solved again on the losses centred at the first root when it
+    is large; for ``rho = 0``, the exact risk (the threshold of the exact form).
+
+    Returns ``(eta0, losses - eta0, eta1)`` with the optimal eta equal to ``eta0 + eta1``;
+    ``guess`` (for instance the previous optimum) speeds up the first solve. With
+    ``overwrite``, ``losses`` itself is centred in place (and returned).
+    Centring makes the losses near the threshold exact small numbers, so that eta, the
+    weights and the risk are resolved to full precision even for losses of 1e8 with lam of
+    1e-4, where the spacing of doubles near 1e8 is 1.5e-8, i.e. 1.5e-4 in units of lam.
+    """
+    if rho == 0.0:
+        eta0 = exact_risk(losses, p, lam)
+    else:
+        eta0 = solve_eta(losses, p, lam, rho, guess)
+    if abs(eta0) <= 1e3 * lam:
+        # rounding of eta costs at most 1e3 * 2^-52 in units of lam: already resolved
+        return 0.0, losses, eta0
+    if overwrite:  # the caller's array becomes the centred losses: no copy
+        losses -= eta0
+        centred = losses
+    else:
+        centred = losses - eta0
+    if rho == 0.0:
+        return eta0, centred, 0.0
+    return eta0, centred, solve_eta(centred, p, lam, rho, 0.0)
+
+
+@njit(**_NJIT)
+def relaxed_risk(losses, p, lam, rho, factors, guess=np.nan):
+    """The relaxed risk ``min_eta relaxed_value`` (the exact risk for ``rho = 0``);
+    returns (risk, optimal eta) and writes the factors ``c_i`` at the optimal eta to
+    ``factors`` (the worst-case distribution is ``p * factors``). ``guess`` warm-starts
+    the 1-D solve."""
+    eta0, centred, eta1 = centred_eta(losses, p, lam, rho, guess)
+    curvature = np.empty_like(factors)
+    relaxation_terms(centred, 0.0, eta1, lam, rho, factors, curvature)
+    return eta0 + relaxed_value(centred, p, eta1, lam, rho), eta0 + eta1
+
+
+# --------------------------------------------------------------------------------------
+# Losses of linear models (names and parameters: sklearn_lse._registry)
+# --------------------------------------------------------------------------------------
 SQUARED_ERROR = 0
 HUBER = 1
 ABSOLUTE_ERROR = 2
 LOG_LOSS = 3
 MULTINOMIAL = 4  # K outputs; every other loss has one
-
-LOSS_CODES = {
-    "squared_error": SQUARED_ERROR,
-    "huber": HUBER,
-    "absolute_error": ABSOLUTE_ERROR,
-    "log_loss": LOG_LOSS,
-}
-
+N_LOSS_CODES = 5
 
 @njit(**_NJIT)
 def loss_and_derivatives(code, f, y, eps):
@@ -55,10 +375,11 @@ def loss_and_derivatives(code, f, y, eps):
         r = f - y
         root = math.sqrt(r * r + eps * eps)
         return root - eps, r / root, eps * eps / (root * root * root)
-    # LOG_LOSS
-    m = -y * f
-    s = sigmoid(m)
-    return softplus(m), -y * s, s * (1.0 - s)
+    if code == LOG_LOSS:
+        m = -y * f
+        s = sigmoid(m)
+        return softplus(m), -y * s, s * (1.0 - s)
+    raise ValueError("unknown loss code")
 
 
 @njit(**_NJIT)
@@ -96,32 +417,33 @@ def pointwise_losses(code, pred, y, eps, loss, grad, hess):
 
 
 @njit(**_NJIT)
-def curvature_matrix(code, p, c, dl, ddl, lam, rho, out):
+def curvature_matrix(code, p, c, k, dl, ddl, irls, out):
     """Per-sample curvature coefficients ``A_i = p_i (c_i M_i + k_i g_i g_i^T)`` (K x K),
     written to ``out`` of shape (n, K, K), where ``g_i`` is the gradient of the loss in the
-    prediction, ``M_i`` its Hessian and ``k_i = c_i (1 - rho c_i) / lam`` the curvature of
-    the softplus: the Hessian of the objective in the coefficients is
-    ``sum_i (x_i, 1)(x_i, 1)^T kron A_i``."""
+    prediction, ``M_i`` its Hessian, ``c_i`` the factors and ``k_i`` the curvatures of the
+    relaxation: the Hessian of the objective in the coefficients is
+    ``sum_i (x_i, 1)(x_i, 1)^T kron A_i``. With ``irls``, only the first part
+    ``p_i c_i M_i``: the Hessian of the weighted loss with the worst case's weights fixed,
+    which bounds the suboptimality (see :mod:`sklearn_lse._curvature`)."""
     K = dl.shape[1]
     for i in range(p.shape[0]):
-        k = c[i] * (1.0 - rho * c[i]) / lam
+        kk = 0.0 if irls else k[i]
         for a in range(K):
             for b in range(K):
                 if code == MULTINOMIAL:
                     m = (ddl[i, a] if a == b else 0.0) - ddl[i, a] * ddl[i, b]
                 else:
                     m = ddl[i, a]  # one output
-                out[i, a, b] = p[i] * (c[i] * m + k * dl[i, a] * dl[i, b])
+                out[i, a, b] = p[i] * (c[i] * m + kk * dl[i, a] * dl[i, b])
 
 
 @njit(**_NJIT)
-def curvature_terms(code, p, c, dl, ddl, lam, rho, a, e, pk):
-    """Per-sample curvature of the relaxed objective at a snapshot, for a chunk of rows.
+def curvature_terms(code, p, c, k, dl, ddl, a, e, pk):
+    """Per-sample curvature of the relaxed objective, for a chunk of rows.
 
     One sample's Hessian is ``c_i (grad f)^T M_i grad f + k_i grad u grad u^T`` with
-    ``M_i`` the Hessian of the loss in the prediction, ``u_i = l_i - eta`` and
-    ``k_i = c_i (1 - rho c_i) / lam`` the curvature of the softplus. Writes the p-weighted
-    size of the coefficient of ``(x_i, 1)(x_i, 1)^T`` (``a_i = p_i (c_i tr M_i +
+    ``M_i`` the Hessian of the loss in the prediction and ``u_i = l_i - eta``. Writes the
+    p-weighted size of the coefficient of ``(x_i, 1)(x_i, 1)^T`` (``a_i = p_i (c_i tr M_i +
     k_i |l'_i|^2)``), the cross terms with eta (``e_i = -p_i k_i l'_i``, shape (n, K)) and
     the eta-eta term (``pk_i = p_i k_i``). The one-output losses have ``M_i = l''_i``;
     ``MULTINOMIAL`` has ``M_i = diag(s) - s s^T``, with the class probabilities ``s`` in
@@ -129,7 +451,6 @@ def curvature_terms(code, p, c, dl, ddl, lam, rho, a, e, pk):
     """
     K = dl.shape[1]
     for i in range(p.shape[0]):
-        k = c[i] * (1.0 - rho * c[i]) / lam
         trace = 0.0
         grad2 = 0.0
         for j in range(K):
@@ -138,9 +459,25 @@ def curvature_terms(code, p, c, dl, ddl, lam, rho, a, e, pk):
             else:
                 trace += ddl[i, j]
             grad2 += dl[i, j] * dl[i, j]
-            e[i, j] = -p[i] * k * dl[i, j]
-        a[i] = p[i] * (c[i] * trace + k * grad2)
-        pk[i] = p[i] * k
+            e[i, j] = -p[i] * k[i] * dl[i, j]
+        a[i] = p[i] * (c[i] * trace + k[i] * grad2)
+        pk[i] = p[i] * k[i]
+
+
+@njit(**_NJIT)
+def step_losses(code, pred, step, t, y, eps, loss):
+    """Losses of the predictions ``pred + t * step`` (both (n, K)), for line searches along
+    a direction whose change of the predictions ``step`` was computed once."""
+    K = pred.shape[1]
+    f = np.empty(K)
+    grad = np.empty(K)
+    for i in range(pred.shape[0]):
+        for j in range(K):
+            f[j] = pred[i, j] + t * step[i, j]
+        if code == MULTINOMIAL:
+            loss[i] = multinomial_loss(f, int(y[i]), grad)
+        else:
+            loss[i] = loss_and_derivatives(code, f[0], y[i], eps)[0]
 
 
 @njit(**_NJIT)
@@ -239,9 +576,9 @@ def svrg_epoch(
 
     The model has K outputs ``f(x) = x W + b`` (K = 1 except for the multinomial loss).
     The objective is ``G(W, b, eta) + alpha/2 ||W||^2`` with
-    ``G = eta - lam + (lam/rho) sum_i p_i softplus((l_i - eta)/lam + log rho)``.
-    One sample's gradient is ``c_i (x_i, 1) l'_i^T`` in ``(W, b)`` and ``1 - c_i`` in ``eta``,
-    with ``c_i = sigmoid(z_i)/rho``. The control variate is the same sample's gradient at the
+    ``G = eta + (lam/rho) sum_i p_i log1p(rho expm1((l_i - eta)/lam))`` (see
+    :func:`relaxed_value`). One sample's gradient is ``c_i (x_i, 1) l'_i^T`` in ``(W, b)``
+    and ``1 - c_i`` in ``eta``, with the factor ``c_i`` of :func:`relaxation_weights`. The control variate is the same sample's gradient at the
     snapshot, from the snapshot's prediction (kept by the caller, or recomputed here from
     the snapshot's model while the row is in cache, so that no per-sample array need be
     kept between epochs), plus the snapshot's full gradient
@@ -307,7 +644,6 @@ def svrg_epoch(
     """
     lam, rho, alpha, eps, step = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
     eta_snap = hyper[5]
-    log_rho = math.log(rho)
     sparse = X.shape[0] == 0
     n = indptr.shape[0] - 1 if sparse else X.shape[0]
     stored = f_store.shape[0] > 0
@@ -361,8 +697,8 @@ def svrg_epoch(
                 loss_snap, dl_snap[0], _ = loss_and_derivatives(code, f_snap[0], y[i], eps)
             if not math.isfinite(loss):
                 return False
-            c = sigmoid((loss - eta) / lam + log_rho) / rho
-            c_snap = sigmoid((loss_snap - eta_snap) / lam + log_rho) / rho
+            c = relaxation_weights(loss - eta, lam, rho)[0]
+            c_snap = relaxation_weights(loss_snap - eta_snap, lam, rho)[0]
             r = ratio * weight(p, i)
             for k in range(K):
                 dk = r * (c * dl[k] - c_snap * dl_snap[k])

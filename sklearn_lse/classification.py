@@ -6,11 +6,11 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import column_or_1d, validate_data
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.validation import column_or_1d
 
-from ._base import FLOAT_DTYPES, DROLinearModel, StrOptions, _fit_context
-from ._kernels import LOG_LOSS, MULTINOMIAL
-from ._solvers import losses_of
+from ._base import DROLinearModel, StrOptions, _fit_context, loss_code, losses_of
+from ._registry import losses_for
 from .risk import empirical_weights
 
 __all__ = ["DROClassifier"]
@@ -145,7 +145,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
 
     _parameter_constraints = {
         **DROLinearModel._parameter_constraints,
-        "loss": [StrOptions({"log_loss"})],
+        "loss": [StrOptions(losses_for("classification"))],
         "class_weight": [dict, StrOptions({"balanced"}), None],
     }
 
@@ -157,7 +157,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         loss="log_loss",
         alpha=1e-4,
         fit_intercept=True,
-        solver="sgd",
+        solver="auto",
         class_weight=None,
         max_iter=1000,
         tol=1e-6,
@@ -205,10 +205,15 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
             Fitted estimator.
         """
         self._check_solver_params()
-        self._check_target_1d(y)
-        X, y = validate_data(self, X, y, dtype=FLOAT_DTYPES, order="C", accept_sparse="csr")
+        with self._transaction():
+            self._commit(self._fit(X, y, sample_weight))
+        return self
+
+    def _fit(self, X, y, sample_weight):
+        X, y = self._validate_X_y(X, y, reset=True)
         check_classification_targets(y)
-        classes, y_index = np.unique(y, return_inverse=True)
+        encoder = LabelEncoder().fit(y)
+        classes, y_index = encoder.classes_, encoder.transform(y)
         if classes.shape[0] < 2:
             raise ValueError(
                 "DROClassifier needs samples of at least 2 classes; the data contain "
@@ -223,10 +228,10 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
                 "DROClassifier needs samples of at least 2 classes with positive weight; "
                 f"sample_weight leaves 1 class: {classes[weighted][0]!r}."
             )
-        code, target, n_outputs = _encode(y_index, classes.shape[0])
-        self._fit_linear(X, target, p, loss=code, eps=0.0, n_outputs=n_outputs)
-        self.classes_ = classes
-        return self
+        code, target, n_outputs = _encode(self.loss, y_index, classes.shape[0])
+        attributes = self._fit_linear(X, target, p, code=code, eps=0.0, n_outputs=n_outputs)
+        attributes["classes_"] = classes
+        return attributes
 
     @available_if(DROLinearModel._has_stochastic_gradient)
     @_fit_context(prefer_skip_nested_validation=True)
@@ -266,6 +271,11 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         self : DROClassifier
             Updated estimator.
         """
+        with self._transaction():
+            self._commit(self._partial_fit(X, y, classes, sample_weight))
+        return self
+
+    def _partial_fit(self, X, y, classes, sample_weight):
         first = not hasattr(self, "classes_")
         if classes is not None:
             classes = np.unique(column_or_1d(classes))
@@ -291,22 +301,16 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
                 "class_weight='balanced' needs all the labels at once and is not available "
                 "with partial_fit; pass a dict of class weights."
             )
-        self._check_target_1d(y)
-        X, y = validate_data(
-            self,
-            X,
-            y,
-            reset=first and not hasattr(self, "coef_"),
-            dtype=FLOAT_DTYPES,
-            order="C",
-            accept_sparse="csr",
-        )
+        X, y = self._validate_X_y(X, y, reset=first and not hasattr(self, "coef_"))
+        check_classification_targets(y)
         y_index = _label_index(y, classes)
         p, weight = self._distribution(sample_weight, classes, y, y_index)
-        code, target, n_outputs = _encode(y_index, classes.shape[0])
-        self._partial_fit_linear(X, target, p, weight, loss=code, eps=0.0, n_outputs=n_outputs)
-        self.classes_ = classes
-        return self
+        code, target, n_outputs = _encode(self.loss, y_index, classes.shape[0])
+        attributes = self._partial_fit_linear(
+            X, target, p, weight, code=code, eps=0.0, n_outputs=n_outputs
+        )
+        attributes["classes_"] = classes
+        return attributes
 
     def _distribution(self, sample_weight, classes, y, y_index):
         """The empirical distribution (sample weights times class weights, normalised)
@@ -315,16 +319,24 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
             sample_weight, y_index.shape[0], return_total=True, compact=True
         )
         if self.class_weight is not None:
-            p = p * compute_class_weight(self.class_weight, classes=classes, y=y)[y_index]
+            weights = compute_class_weight(self.class_weight, classes=classes, y=y)
+            if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+                raise ValueError(
+                    f"class_weight must give every class a finite non-negative weight, got "
+                    f"{dict(zip(classes.tolist(), weights.tolist(), strict=True))}."
+                )
+            p = p * (weights / weights.max() if weights.max() > 0 else weights)[y_index]
             if not p.sum() > 0:
                 raise ValueError("class_weight and sample_weight leave no sample any weight.")
             p /= p.sum()
         return p, total
 
-    def _store_model(self, w, b, eta, objective, n_iter):
-        self.coef_ = np.ascontiguousarray(w.T)
-        self.intercept_ = b.astype(w.dtype)
-        super()._store_model(w, b, eta, objective, n_iter)
+    def _model_attributes(self, w, b, dtype, eta, objective, n_iter):
+        return {
+            "coef_": np.ascontiguousarray(w.T, dtype=dtype),
+            "intercept_": b.astype(dtype),
+            **super()._model_attributes(w, b, dtype, eta, objective, n_iter),
+        }
 
     def _cold_start(self, prob):
         # zero coefficients and the intercepts of the class frequencies: the best constant
@@ -418,7 +430,8 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         y = column_or_1d(y)
         if y.shape[0] != X.shape[0]:
             raise ValueError(f"y has {y.shape[0]} samples but X has {X.shape[0]}.")
-        code, target, _ = _encode(_label_index(y, self.classes_), self.classes_.shape[0])
+        index = _label_index(y, self.classes_)
+        code, target, _ = _encode(self.loss, index, self.classes_.shape[0])
         w, b = self.coef_.T, self.intercept_
         return losses_of(X, target, w, b, code, 0.0)[0]
 
@@ -429,26 +442,25 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
 
 
 def _label_index(y, classes):
-    """Index of each label in the sorted ``classes``; ValueError for other labels."""
+    """Index of each label in ``classes``; ValueError naming the labels that are not."""
+    encoder = LabelEncoder()
+    encoder.classes_ = classes
     try:
-        index = np.searchsorted(classes, y)
-        unseen = (index >= classes.shape[0]) | (
-            classes[np.minimum(index, classes.shape[0] - 1)] != y
-        )
-    except TypeError:  # labels that do not even compare with the classes
-        index, unseen = None, np.ones(y.shape[0], dtype=bool)
-    if np.any(unseen):
+        return encoder.transform(y)
+    except (ValueError, TypeError):
+        known = set(classes.tolist())
+        unseen = sorted({label for label in np.asarray(y).tolist() if label not in known}, key=str)
         raise ValueError(
-            f"y contains labels not seen during fit: {np.unique(y[unseen]).tolist()}; "
-            f"the classes are {classes.tolist()}."
-        )
-    return index
+            f"y contains labels not seen during fit: {unseen}; the classes are "
+            f"{classes.tolist()}."
+        ) from None
 
 
-def _encode(index, n_classes):
+def _encode(loss, index, n_classes):
     """Loss code, float targets for the kernels and number of outputs: labels -1/+1 and
     one output (the logistic loss) for two classes, class indices and one output per
     class (the multinomial loss) for more."""
+    code = loss_code(loss, n_classes)
     if n_classes == 2:
-        return LOG_LOSS, np.where(index == 1, 1.0, -1.0), 1
-    return MULTINOMIAL, index.astype(np.float64), n_classes
+        return code, np.where(index == 1, 1.0, -1.0), 1
+    return code, index.astype(np.float64), n_classes

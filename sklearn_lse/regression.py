@@ -5,11 +5,18 @@ from numbers import Real
 import numpy as np
 from sklearn.base import RegressorMixin
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import validate_data
 
-from ._base import FLOAT_DTYPES, DROLinearModel, Interval, StrOptions, _fit_context
-from ._kernels import LOSS_CODES
-from ._solvers import least_squares_start, losses_of
+from ._base import (
+    DROLinearModel,
+    Interval,
+    StrOptions,
+    _fit_context,
+    least_squares_start,
+    loss_code,
+    losses_of,
+    target_scale,
+)
+from ._registry import LOSSES, losses_for
 from .risk import empirical_weights
 
 __all__ = ["DRORegressor"]
@@ -137,7 +144,7 @@ class DRORegressor(RegressorMixin, DROLinearModel):
 
     _parameter_constraints = {
         **DROLinearModel._parameter_constraints,
-        "loss": [StrOptions({"squared_error", "huber", "absolute_error"})],
+        "loss": [StrOptions(losses_for("regression"))],
         "epsilon": [Interval(Real, 0, None, closed="neither")],
     }
 
@@ -150,7 +157,7 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         epsilon=1.0,
         alpha=0.0,
         fit_intercept=True,
-        solver="sgd",
+        solver="auto",
         max_iter=1000,
         tol=1e-6,
         n_iter_no_change=5,
@@ -197,8 +204,19 @@ class DRORegressor(RegressorMixin, DROLinearModel):
             Fitted estimator.
         """
         self._check_solver_params()
-        X, y, p, _ = self._validate_training_data(X, y, sample_weight, reset=True)
-        self._fit_linear(X, y, p, loss=LOSS_CODES[self.loss], eps=float(self.epsilon))
+        with self._transaction():
+            X, y, p, _ = self._validate_training_data(X, y, sample_weight, reset=True)
+            scale = target_scale(y)
+            attributes = self._fit_linear(
+                X,
+                y / scale,
+                p,
+                code=loss_code(self.loss),
+                eps=float(self.epsilon),
+                scale=scale,
+                degree=LOSSES[self.loss].degree,
+            )
+            self._commit(attributes)
         return self
 
     @available_if(DROLinearModel._has_stochastic_gradient)
@@ -234,36 +252,30 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         self : DRORegressor
             Updated estimator.
         """
-        first = not hasattr(self, "_stream") and not hasattr(self, "coef_")
-        X, y, p, weight = self._validate_training_data(X, y, sample_weight, reset=first)
-        self._partial_fit_linear(
-            X, y, p, weight, loss=LOSS_CODES[self.loss], eps=float(self.epsilon)
-        )
+        with self._transaction():
+            first = getattr(self, "_stream", None) is None and not hasattr(self, "coef_")
+            X, y, p, weight = self._validate_training_data(X, y, sample_weight, reset=first)
+            attributes = self._partial_fit_linear(
+                X, y, p, weight, code=loss_code(self.loss), eps=float(self.epsilon)
+            )
+            self._commit(attributes)
         return self
 
     def _validate_training_data(self, X, y, sample_weight, *, reset):
         """Validated (X, y), the empirical distribution and the block's total weight."""
-        self._check_target_1d(y)
-        X, y = validate_data(
-            self,
-            X,
-            y,
-            reset=reset,
-            dtype=FLOAT_DTYPES,
-            order="C",
-            accept_sparse="csr",
-            y_numeric=True,
-        )
+        X, y = self._validate_X_y(X, y, reset, y_numeric=True)
         y = np.asarray(y, dtype=np.float64)
         p, weight = empirical_weights(
             sample_weight, X.shape[0], return_total=True, compact=True
         )
         return X, y, p, weight
 
-    def _store_model(self, w, b, eta, objective, n_iter):
-        self.coef_ = w[:, 0].copy()
-        self.intercept_ = float(b[0])
-        super()._store_model(w, b, eta, objective, n_iter)
+    def _model_attributes(self, w, b, dtype, eta, objective, n_iter):
+        return {
+            "coef_": w[:, 0].astype(dtype),
+            "intercept_": float(b[0]),
+            **super()._model_attributes(w, b, dtype, eta, objective, n_iter),
+        }
 
     def _cold_start(self, prob):
         # the ridge / least-squares fit (the lam -> inf limit) is one Gram pass away
@@ -293,6 +305,5 @@ class DRORegressor(RegressorMixin, DROLinearModel):
             raise ValueError(f"y must have shape ({X.shape[0]},) to match X, got {y.shape}.")
         if not np.all(np.isfinite(y)):
             raise ValueError("Input y contains NaN or infinity.")
-        code = LOSS_CODES[self.loss]
         w, b = self.coef_[:, None], np.array([self.intercept_])
-        return losses_of(X, y, w, b, code, float(self.epsilon))[0]
+        return losses_of(X, y, w, b, loss_code(self.loss), float(self.epsilon))[0]

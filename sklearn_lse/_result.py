@@ -1,0 +1,61 @@
+"""What every solver returns, and how a fit reports on it (verbose lines, warnings)."""
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+
+
+@dataclass
+class SolverResult:
+    """The outcome of one solver run.
+
+    ``snapshot`` is the final point with its objective and optimal eta; ``history`` the
+    objective after every iteration (epoch for ``"sgd"``), starting with the objective at
+    the starting point; ``suboptimality`` the solver's bound (or estimate, see the
+    solver) on ``objective - optimum`` at the end, relative to ``|objective|``, ``nan``
+    where it has none; ``message`` why it stopped, in words.
+    """
+
+    snapshot: object
+    n_iter: int
+    converged: bool
+    message: str
+    history: list = field(default_factory=list)
+    suboptimality: float = np.nan
+
+
+class Log:
+    """Collects the objective history of a run and prints one line per iteration when
+    ``verbose``."""
+
+    def __init__(self, solver, verbose):
+        self.solver = solver
+        self.verbose = bool(verbose)
+        self.history = []
+
+    def record(self, iteration, objective, **values):
+        self.history.append(float(objective))
+        if self.verbose:
+            details = ", ".join(f"{name}={value:.3g}" for name, value in values.items())
+            print(
+                f"[{self.solver}] iteration {iteration}: objective={objective:.12g}"
+                + (f", {details}" if details else ""),
+                flush=True,
+            )
+
+    def stop(self, message):
+        if self.verbose:
+            print(f"[{self.solver}] stopped: {message}", flush=True)
+
+
+def warn_not_converged(solver, result, advice):
+    """The ConvergenceWarning of a fit that did not converge, with the solver's reason
+    and what to change."""
+    warnings.warn(
+        f"solver={solver!r} did not converge after {result.n_iter} iterations: "
+        f"{result.message}. {advice}",
+        ConvergenceWarning,
+        stacklevel=4,
+    )

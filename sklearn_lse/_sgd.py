@@ -1,0 +1,209 @@
+"""The stochastic solver: the paper's unbiased per-sample gradients of the relaxed
+objective, variance-reduced (SVRG) and preconditioned by the Hessian at each epoch's
+snapshot, in the Numba epoch kernel of :mod:`sklearn_lse._kernels`; and the stochastic
+Newton step of ``partial_fit``."""
+
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._curvature import MIN_DAMPING, Preconditioner
+from ._kernels import relaxed_value, svrg_epoch, systematic_draws
+from ._newton import certificate
+from ._objective import Snapshot, losses_of, snapshot
+from ._result import Log, SolverResult
+
+
+def fit_sgd(
+    prob,
+    w,
+    b,
+    *,
+    rng,
+    max_iter,
+    tol,
+    n_iter_no_change,
+    batch_size,
+    learning_rate,
+    verbose,
+):
+    """Preconditioned variance-reduced SGD (SVRG) on the joint relaxed objective in
+    (W, b, eta).
+
+    Each epoch: a full pass gives the snapshot (objective, exact eta, factors, full gradient)
+    and the Hessian there; then one kernel call runs ``n / batch_size`` mini-batch steps with
+    unbiased control-variate gradients, preconditioned by the snapshot's inverse Hessian.
+    Samples are drawn (by shuffled systematic resampling) half from the empirical
+    distribution and half in proportion to their curvature (importance sampling), so that
+    the heavily up-weighted samples are seen often and the variance stays bounded. An epoch
+    that does not lower the objective (or overflows) is undone, the step reduced, and a
+    damped full-batch Newton step taken from the snapshot instead (its gradient and Hessian
+    are at hand), so that the pass is not wasted.
+
+    Convergence is decided as for the other solvers: when the Newton decrement and the
+    epochs' progress say so, the duality gap of :func:`sklearn_lse._newton.certificate`
+    (one more pass) must be below ``tol``, else the epochs go on.
+
+    Returns a :class:`~sklearn_lse._result.SolverResult`.
+    """
+    log = Log("sgd", verbose)
+    X, K = prob.X, prob.n_outputs
+    n = X.shape[0]
+    hyper = np.array([prob.lam, prob.rho, prob.alpha, prob.eps, 0.0, 0.0])
+    kappa_max = 1.0 if learning_rate == "auto" else float(learning_rate)
+    kappa = 0.5 * kappa_max
+    snap = snapshot(prob, w, b)
+    if not np.isfinite(snap.objective):
+        raise ValueError("The objective is not finite at the starting point.")
+    log.history.append(snap.objective)
+    floor = prob.objective_floor()
+    gap = np.nan
+    damping = MIN_DAMPING
+    cur = Preconditioner(prob, snap, damping, rng, batch_size)
+    blocks = np.empty((n + batch_size - 1) // batch_size, dtype=np.int64)
+    stall = accepted = 0
+    start_time = time.perf_counter()
+    for epoch in range(1, max_iter + 1):
+        systematic_draws(cur.block_pi, rng.random(), blocks)
+        rng.shuffle(blocks)
+        hyper[4:] = kappa, snap.eta
+        w_snap = np.array(snap.w.T, order="C")  # the kernel's layout (K, d)
+        w_t = w_snap.copy()
+        state = np.append(snap.b + prob.mean @ snap.w, snap.eta)
+        ok = svrg_epoch(
+            *_kernel_data(X), prob.y, prob.p, cur.block_pi, blocks, batch_size, prob.loss,
+            hyper, w_t, state, w_snap, snap.b, _kernel_predictions(snap), prob.mean,
+            prob.inv_scale,
+            *cur.kernel_preconditioner(), cur.mu,
+        )  # fmt: skip
+        w_new = w_t.T.copy()
+        new = None
+        if ok and np.all(np.isfinite(w_new)) and np.all(np.isfinite(state)):
+            b_new = state[:K] - prob.mean @ w_new if prob.fit_intercept else snap.b
+            with np.errstate(over="ignore", invalid="ignore"):
+                new = snapshot(prob, w_new, b_new, state[K])  # a diverged trial may overflow
+        better = False
+        if new is not None and np.isfinite(new.objective):
+            # below this, objective values differ by rounding only; then the Newton
+            # decrement decides
+            rounding = 1e-14 * (abs(snap.objective) + abs(snap.eta) + prob.lam)
+            if new.objective <= snap.objective + rounding:
+                new_cur = Preconditioner(prob, new, damping, rng, batch_size)
+                better = new.objective <= snap.objective or new_cur.decrement < cur.decrement
+        if not better:
+            kappa *= 0.25
+            damping = min(damping * 10.0, 1.0)
+            cur.damp(damping)
+            # the pass is not lost: take a damped Newton step from the snapshot instead,
+            # with the gradient and Hessian that the snapshot already has
+            new = _newton_line_search(prob, snap, cur)
+            if new is None:
+                log.record(epoch, snap.objective, step=kappa, note=0.0)
+                if kappa < 1e-12:
+                    # No step improves on the snapshot: optimal to rounding if the
+                    # certificate agrees, otherwise the data defeat the method (warn).
+                    gap = certificate(prob, snap.w, snap.b, snap.eta)
+                    message = f"no step lowers the objective (duality gap {gap:.2g})"
+                    log.stop(message)
+                    return SolverResult(snap, epoch, gap <= tol, message, log.history, gap)
+                continue
+            new_cur = Preconditioner(prob, new, damping, rng, batch_size)
+        accepted += 1
+        decrease = (snap.objective - new.objective) / max(abs(new.objective), floor)
+        snap, cur = new, new_cur
+        kappa = min(kappa * 1.5, kappa_max)
+        damping = max(damping / 3.0, MIN_DAMPING)
+        cur.damp(damping)
+        stall = stall + 1 if decrease < tol else 0
+        log.record(
+            epoch,
+            snap.objective,
+            decrement=cur.decrement_undamped / max(abs(snap.objective), floor),
+            step=kappa,
+            newton_step=float(not better),
+            elapsed=time.perf_counter() - start_time,
+        )
+        # converged: the decrement (about the suboptimality) is below tol and the epoch's
+        # decrease agrees (near a kink the quadratic model can be too optimistic), or
+        # progress has stalled while the decrement is below 100 tol
+        scale = max(abs(snap.objective), floor)
+        if (cur.decrement_undamped <= tol * scale and decrease <= 100 * tol) or (
+            stall >= n_iter_no_change and cur.decrement_undamped <= 100 * tol * scale
+        ):
+            gap = certificate(prob, snap.w, snap.b, snap.eta)
+            if gap <= tol:
+                message = f"converged: duality gap {gap:.2g} <= tol"
+                log.stop(message)
+                return SolverResult(snap, epoch, True, message, log.history, gap)
+            stall = 0
+    message = f"reached max_iter={max_iter}"
+    log.stop(message)
+    return SolverResult(snap, max_iter, False, message, log.history, gap)
+
+
+def _kernel_predictions(snap):
+    """The snapshot's predictions for the epoch kernel; an empty array (it recomputes
+    them) where the snapshot did not keep them."""
+    if snap.predictions is None:
+        return np.zeros((0, snap.b.shape[0]))
+    return snap.predictions
+
+
+def _kernel_data(X):
+    """The data arguments of :func:`~sklearn_lse._kernels.svrg_epoch`: dense X and empty
+    CSR arrays, or an empty X and the CSR arrays (the same types either way, so that one
+    compiled kernel serves both)."""
+    if sp.issparse(X):
+        return np.zeros((0, 0), dtype=X.dtype), X.data, X.indices, X.indptr
+    index = np.zeros(0, dtype=np.int32)
+    return X, np.zeros(0, dtype=X.dtype), index, index
+
+
+def _newton_line_search(prob, snap, cur, max_halvings=10):
+    """Damped Newton step from the snapshot (eta re-solved exactly at every trial), with
+    Armijo backtracking; returns the new snapshot, or None when no step decreases the
+    objective."""
+    step = -cur.apply(cur.g)
+    slope = float(cur.g @ step)  # = -2 * decrement
+    if not slope < 0:
+        return None
+    start = prob.to_standard(snap.w, snap.b)
+    t = 1.0
+    for _ in range(max_halvings):
+        w, b = prob.to_model(start + t * step[:-1])
+        with np.errstate(over="ignore", invalid="ignore"):
+            trial = snapshot(prob, w, b, snap.eta)
+        if trial.objective <= snap.objective + 1e-4 * t * slope:
+            return trial
+        t *= 0.5
+    return None
+
+
+def stochastic_newton_step(prob, w, b, eta, *, step, rng):
+    """A stochastic Newton step on the joint relaxed objective in (W, b, eta), with the
+    gradient of the block of data in ``prob`` (an unbiased estimate of the gradient of the
+    objective of the whole stream: the relaxation is an average over samples, and eta is
+    kept as given, not re-solved on the block), preconditioned by the block's Hessian and
+    scaled by ``step``. With ``step`` the block's share of the weight seen so far, the
+    iterates average the blocks' Newton steps and converge to the optimum of the stream,
+    where each block's own optimum would not. Returns (W, b, eta)."""
+    loss = losses_of(prob.X, prob.y, w, b, prob.loss, prob.eps)[0]
+    # the block's gradient and Hessian at the given eta (eta1 = eta: no centring)
+    newton = Preconditioner(prob, Snapshot(w, b, np.nan, eta, 0.0, eta), MIN_DAMPING, rng)
+    start = prob.to_standard(w, b)
+    before = _joint_value(prob, loss, eta, w)
+    for _ in range(10):  # a step that raises even the block's objective overshoots
+        move = step * newton.apply(newton.g)
+        w_new, b_new = prob.to_model(start - move[:-1])
+        new_loss = losses_of(prob.X, prob.y, w_new, b_new, prob.loss, prob.eps)[0]
+        if _joint_value(prob, new_loss, eta - move[-1], w_new) <= before:
+            break
+        step *= 0.5
+    return w_new, b_new, eta - move[-1]
+
+
+def _joint_value(prob, loss, eta, w):
+    """The relaxed objective at a given eta, with the penalty."""
+    value = relaxed_value(loss, prob.p, eta, prob.lam, prob.rho)
+    return value + 0.5 * prob.alpha * float(np.sum(w * w))
