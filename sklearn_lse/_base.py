@@ -120,7 +120,9 @@ class DROLinearModel(BaseEstimator):
             raise
 
     def _check_solver_params(self):
-        """Checks that involve more than one parameter; run before any work."""
+        """Checks that involve more than one parameter, or a range that the constraints
+        cannot say; run before any work."""
+        risk.check_rho_range(self.rho)
         if self.rho == 0 and self.solver in SOLVERS and not SOLVERS[self.solver].exact:
             raise ValueError(
                 f"rho=0 means the exact LogSumExp risk, which has no unbiased stochastic "
@@ -172,18 +174,24 @@ class DROLinearModel(BaseEstimator):
         ``scale`` (a power of two) and ``degree``: the target was divided by ``scale``, so
         the loss is divided by ``scale**degree``; lam, epsilon and alpha are scaled to
         match, and the solution is scaled back exactly."""
-        loss_scale = scale**degree
-        lam = float(self.lam) / loss_scale
-        alpha = float(self.alpha) * scale**2 / loss_scale
-        if not (lam > 0 and np.isfinite(lam) and np.isfinite(alpha)):
+        loss_scale = scale**degree  # may underflow or overflow: only used to scale back
+        lam = float(self.lam)
+        for _ in range(degree):  # one division at a time: scale**2 may not be a float
+            lam /= scale
+        # above 1e300 on the normalised losses (of size at most about 1), lam is the
+        # lam -> inf limit (least squares) to rounding
+        lam = min(lam, 1e300)
+        alpha = float(self.alpha) * (scale if degree == 1 else 1.0)
+        if not np.isfinite(alpha):
             raise ValueError(
-                f"lam={self.lam!r} and alpha={self.alpha!r} are out of range for targets "
-                f"of size {scale:.3g}: lam / size**{degree} must be a positive float64 and "
-                f"alpha * size**{2 - degree} finite. Rescale y."
+                f"alpha={self.alpha!r} is out of range for targets of size {scale:.3g}: "
+                "alpha times that size must be finite. Rescale y."
             )
         prob = self._problem(
             X, y, p, code=code, eps=eps / scale, n_outputs=n_outputs, lam=lam, alpha=alpha
         )
+        # below 1e-20 of the losses' size, lam changes the optimum by less than rounding
+        prob.lam = risk.smallest_lam(lam, 1e8 * prob.objective_floor())
         name, result = self._run_solver(prob, *self._initial_point(prob, scale))
         snap = result.snapshot
         _check_finite(snap)

@@ -204,7 +204,7 @@ class _CurvatureSums:
             border = self.border
             border[:K, K] = border[K, :K] = sum_e
             border[K, K] = self.sum_pk
-            diag = self.diag + prob.alpha * s[:, None] ** 2
+            diag = self.diag + prob.penalty_curvature[:, None]
             if not prob.fit_intercept:
                 cross[:, :, :K] = 0.0
                 border[:K, :] = border[:, :K] = 0.0
@@ -216,7 +216,7 @@ class _CurvatureSums:
         M[:d, d] = -s * m
         if self.mode == "blocks":
             H_w = np.einsum("ia,kab,jb->kij", M, self.raw, M, optimize=True)
-            H_w[:, np.arange(d), np.arange(d)] += prob.alpha * s**2
+            H_w[:, np.arange(d), np.arange(d)] += prob.penalty_curvature
         else:
             H_w = np.einsum("ia,akbl,jb->ikjl", M, self.raw, M, optimize=True)
             H_w[np.arange(d), :, np.arange(d), :] += prob.alpha * (

@@ -110,7 +110,7 @@ class _Rows:
     def _value(self, centred, eta0, eta1, w):
         prob = self.prob
         risk = eta0 + relaxed_value(centred, prob.p, eta1, prob.lam, prob.rho)
-        return risk + self.outside + 0.5 * prob.alpha * float(np.sum(w * w))
+        return risk + self.outside + prob.penalty(w)
 
     def derivatives(self):
         """Per chunk of rows: ``(Z, pc, c, k, dl, ddl)`` at the current point, with ``Z``
@@ -227,8 +227,9 @@ def _system(prob, rows, irls=False):
         g += both[:, :K]
         h -= both[:, K:]
         h_eta += float(np.sum(pk))
-    s2 = prob.alpha * prob.inv_scale**2
-    g[:d] += prob.alpha * (rows.w * prob.inv_scale[:, None])
+    s2 = prob.penalty_curvature
+    if prob.alpha > 0:
+        g[:d] += prob.alpha * (rows.w * prob.inv_scale[:, None])
     H[np.arange(d), :, np.arange(d), :] += s2[:, None, None] * np.eye(K)
     H = H.reshape(D, D)
     g = g.ravel()
@@ -258,12 +259,14 @@ def _add_gram(H, Z, A):
 
 
 def _solve(M, rhs, free):
-    """``M^+ rhs`` on the free coordinates by an eigendecomposition with a relative floor
-    (near-singular directions: collinear columns, separable classes), and ``rhs^T M^+ rhs``."""
+    """``M^+ rhs`` on the free coordinates, and ``rhs^T M^+ rhs``, by an
+    eigendecomposition that drops the directions of rounding-size curvature (collinear
+    columns, the softmax's shift of all classes' intercepts): a step along them would
+    only amplify rounding."""
     index = np.flatnonzero(free)
     ev, V = np.linalg.eigh(M[np.ix_(index, index)])
-    top = max(float(ev.max()), 1e-300)
-    ev = np.maximum(ev, 1e-12 * top)
+    keep = ev > 1e-12 * max(float(ev.max()), 1e-300)
+    ev, V = ev[keep], V[:, keep]
     coef = (V.T @ rhs[index]) / ev
     out = np.zeros_like(rhs)
     out[index] = V @ coef
@@ -283,9 +286,9 @@ class _Model:
         h_eta = M[D, D]
         if h_eta > 0:
             H = H - np.outer(h, h) / h_eta
-        ev, self.V = np.linalg.eigh(H)
-        top = max(float(ev.max()), 1e-300)
-        self.ev = np.maximum(ev, 1e-12 * top)
+        ev, V = np.linalg.eigh(H)
+        keep = ev > 1e-12 * max(float(ev.max()), 1e-300)  # as in _solve
+        self.ev, self.V = ev[keep], V[:, keep]
         self.index, self.D = index, D
         self.gv = self.V.T @ g[index]
         self.decrement = 0.5 * float(np.sum(self.gv**2 / self.ev))
@@ -352,6 +355,26 @@ def _newton_iterations(
     prob = rows.prob
     d, K = prob.X.shape[1], prob.n_outputs
     previous = None  # (decrement, was a Newton step, predicted, actual decrease)
+
+    def to_model(step):
+        du = step.reshape(d + 1, K)
+        dw = du[:d] * prob.inv_scale[:, None]
+        return dw, du[d] - prob.mean @ dw if prob.fit_intercept else np.zeros(K)
+
+    def finish(model, suboptimality, message):
+        # the Newton step from a point this close to the optimum costs one evaluation and
+        # leaves a suboptimality of about the square of the current one: take it
+        step, _, predicted, newton = model.step(np.inf)
+        if newton and predicted > 0 and (screen is None or counter[0] < max_iter):
+            value, state = rows.try_step(*to_model(step))
+            w_new, b_new, eta0, _, eta1, _ = state
+            safe = screen is None or screen.safe(
+                prob.to_standard(w_new, b_new), eta0 + eta1, prob.lam
+            )
+            if value <= rows.value and safe:
+                rows.adopt(state)
+        return True, suboptimality, message
+
     while True:
         model = _Model(*_system(prob, rows))
         decrement = model.decrement
@@ -366,21 +389,18 @@ def _newton_iterations(
                     and decrement <= 0.25 * previous[0]
                 )
             ):
-                return True, decrement / scale, (
+                return finish(model, decrement / scale, (
                     f"converged: Newton decrement {decrement / scale:.2g} <= tol, with "
                     "quadratic convergence"
-                )
+                ))  # fmt: skip
             gap = _certificate(prob, rows, scale)
             if gap <= tol:
-                return True, gap, f"converged: duality gap {gap:.2g} <= tol"
+                return finish(model, gap, f"converged: duality gap {gap:.2g} <= tol")
         while True:
             if counter[0] >= max_iter:
                 return False, decrement / scale, f"reached max_iter={max_iter}"
             step, length, predicted, newton = model.step(radius[0])
-            du = step.reshape(d + 1, K)
-            dw = du[:d] * prob.inv_scale[:, None]
-            db = du[d] - prob.mean @ dw if prob.fit_intercept else np.zeros(K)
-            value, state = rows.try_step(dw, db)
+            value, state = rows.try_step(*to_model(step))
             actual = rows.value - value if np.isfinite(value) else -np.inf
             counter[0] += 1
             ratio = actual / predicted if predicted > 0 else -np.inf
@@ -422,7 +442,7 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose):
         raise ValueError("The objective is not finite at the starting point.")
     log.history.append(current.value)
     floor = prob.objective_floor()
-    losses = current.centred + current.eta0
+    losses = current.centred[prob.weights(slice(None)) > 0] + current.eta0
     lam = max(lam_target, float(np.max(losses) - np.min(losses)))
     counter = [0]
     radius = [np.inf]  # in the standardised coefficients, set by the first rejected step

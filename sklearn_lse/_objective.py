@@ -91,7 +91,7 @@ def snapshot(prob, w, b, eta_guess=np.nan):
         losses, prob.p, prob.lam, prob.rho, eta_guess, overwrite=True
     )
     value = eta0 + relaxed_value(centred, prob.p, eta1, prob.lam, prob.rho)
-    objective = value + 0.5 * prob.alpha * float(np.sum(w * w))
+    objective = value + prob.penalty(w)
     return Snapshot(w, b, objective, eta0 + eta1, eta0, eta1, predictions)
 
 

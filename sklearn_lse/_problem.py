@@ -212,6 +212,24 @@ class Problem:
             return self.p[0] * np.sum(values, axis=0)
         return self.p @ values
 
+    def penalty(self, w):
+        """``alpha / 2 * |W|^2`` (0 without a penalty, whatever the size of W; inf, without
+        a warning, where it overflows)."""
+        if self.alpha == 0:
+            return 0.0
+        with np.errstate(over="ignore"):
+            return 0.5 * self.alpha * float(np.sum(np.square(w)))
+
+    @property
+    def penalty_curvature(self):
+        """``alpha * inv_scale**2``: the penalty's curvature in the standardised
+        coefficients (0 without a penalty; capped at 1e300, where it pins a coefficient
+        of a column of tiny values to zero anyway)."""
+        if self.alpha == 0:
+            return np.zeros_like(self.inv_scale)
+        with np.errstate(over="ignore"):
+            return np.minimum(self.alpha * self.inv_scale**2, 1e300)
+
     def objective_floor(self):
         """The size below which objective values are rounding: ``1e-12`` times the mean
         loss of the best constant model (the weighted variance of the targets, or their
@@ -271,7 +289,7 @@ def least_squares_start(prob):
         pZ = Z * prob.weights(rows)[:, None]
         gram += Z.T @ pZ
         moment += pZ.T @ prob.y[rows]
-    gram[:d, :d] += np.diag(0.5 * prob.alpha * prob.inv_scale**2)
+    gram[:d, :d] += np.diag(0.5 * prob.penalty_curvature)
     if not prob.fit_intercept:
         gram, moment = gram[:d, :d], moment[:d]
     ev, V = np.linalg.eigh(gram)

@@ -206,4 +206,4 @@ def stochastic_newton_step(prob, w, b, eta, *, step, rng):
 def _joint_value(prob, loss, eta, w):
     """The relaxed objective at a given eta, with the penalty."""
     value = relaxed_value(loss, prob.p, eta, prob.lam, prob.rho)
-    return value + 0.5 * prob.alpha * float(np.sum(w * w))
+    return value + prob.penalty(w)

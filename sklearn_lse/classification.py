@@ -219,7 +219,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
                 "DROClassifier needs samples of at least 2 classes; the data contain "
                 f"1 class: {classes[0]!r}."
             )
-        p, _ = self._distribution(sample_weight, classes, y, y_index)
+        p, _ = self._distribution(sample_weight, classes, y, y_index, stream=False)
         weighted = np.bincount(y_index, minlength=classes.shape[0]) > 0
         if p.shape[0] > 1:
             weighted = np.bincount(y_index, weights=p, minlength=classes.shape[0]) > 0
@@ -312,11 +312,11 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         attributes["classes_"] = classes
         return attributes
 
-    def _distribution(self, sample_weight, classes, y, y_index):
+    def _distribution(self, sample_weight, classes, y, y_index, stream=True):
         """The empirical distribution (sample weights times class weights, normalised)
         and the total sample weight."""
         p, total = empirical_weights(
-            sample_weight, y_index.shape[0], return_total=True, compact=True
+            sample_weight, y_index.shape[0], return_total=True, compact=True, stream=stream
         )
         if self.class_weight is not None:
             weights = compute_class_weight(self.class_weight, classes=classes, y=y)

@@ -1,5 +1,6 @@
 """DRORegressor: KL-DRO linear regression."""
 
+import math
 from numbers import Real
 
 import numpy as np
@@ -205,8 +206,15 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         """
         self._check_solver_params()
         with self._transaction():
-            X, y, p, _ = self._validate_training_data(X, y, sample_weight, reset=True)
+            X, y, p, _ = self._validate_training_data(X, y, sample_weight, reset=True, total=False)
             scale = target_scale(y)
+            degree = LOSSES[self.loss].degree
+            if math.log2(scale) * degree >= 1020:  # scale**degree overflows
+                raise ValueError(
+                    f"y has values of {scale:.3g}, whose loss (of degree {degree} in y) "
+                    "overflows float64: rescale y (the model is equivariant, predictions "
+                    "scale with y) to values below 1e150."
+                )
             attributes = self._fit_linear(
                 X,
                 y / scale,
@@ -214,7 +222,7 @@ class DRORegressor(RegressorMixin, DROLinearModel):
                 code=loss_code(self.loss),
                 eps=float(self.epsilon),
                 scale=scale,
-                degree=LOSSES[self.loss].degree,
+                degree=degree,
             )
             self._commit(attributes)
         return self
@@ -261,12 +269,12 @@ class DRORegressor(RegressorMixin, DROLinearModel):
             self._commit(attributes)
         return self
 
-    def _validate_training_data(self, X, y, sample_weight, *, reset):
+    def _validate_training_data(self, X, y, sample_weight, *, reset, total=True):
         """Validated (X, y), the empirical distribution and the block's total weight."""
         X, y = self._validate_X_y(X, y, reset, y_numeric=True)
         y = np.asarray(y, dtype=np.float64)
         p, weight = empirical_weights(
-            sample_weight, X.shape[0], return_total=True, compact=True
+            sample_weight, X.shape[0], return_total=True, compact=True, stream=total
         )
         return X, y, p, weight
 

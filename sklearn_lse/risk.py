@@ -68,7 +68,18 @@ def _check_rho(rho, *, allow_zero):
         raise ValueError(f"rho must be a number in {interval}, got {rho!r}.")
     if not ((rho >= 0) if allow_zero else (rho > 0)) or not rho < 1:
         raise ValueError(f"rho must be in {interval}, got {rho!r}.")
+    check_rho_range(rho)
     return float(rho)
+
+
+def check_rho_range(rho):
+    """A positive rho below 1e-300 caps density ratios at 1 / rho, which overflows
+    float64: refused, with the exact risk (rho = 0) as the alternative."""
+    if 0 < rho < 1e-300:
+        raise ValueError(
+            f"rho={rho!r} is below 1e-300, where the density cap 1 / rho overflows float64; "
+            "use rho=0 for the exact KL-DRO risk, or a rho of at least 1e-300."
+        )
 
 
 def _check_losses(losses):
@@ -95,7 +106,9 @@ def loss_scale(losses):
     return power_of_two(top)
 
 
-def empirical_weights(sample_weight, n_samples, *, return_total=False, compact=False):
+def empirical_weights(
+    sample_weight, n_samples, *, return_total=False, compact=False, stream=True
+):
     """The empirical distribution ``p_hat``: normalised ``sample_weight``, uniform if None
     (and with ``return_total``, the total weight before normalisation). With ``compact``,
     uniform weights are returned as one value, an array of length 1 (as the solvers take
@@ -103,8 +116,8 @@ def empirical_weights(sample_weight, n_samples, *, return_total=False, compact=F
 
     Weights are divided by their largest value before they are summed, so that weights
     whose sum overflows are still normalised exactly. Raises ValueError for a wrong length,
-    negative, non-finite or all-zero weights (and, with ``return_total``, for a total that
-    overflows).
+    negative, non-finite or all-zero weights (and, with ``return_total`` and ``stream``,
+    for a total that overflows: a block of a stream needs it).
     """
     if sample_weight is None:
         p = np.full(1 if compact else n_samples, 1.0 / n_samples)
@@ -116,13 +129,15 @@ def empirical_weights(sample_weight, n_samples, *, return_total=False, compact=F
     if not top > 0:
         raise ValueError("sample_weight must have a positive sum (all weights are zero).")
     scaled = w / top
-    total = scaled.sum()
+    total = float(scaled.sum())
     p = np.ascontiguousarray(scaled / total)
     if return_total:
-        if not math.isfinite(top * total):
+        # the total sets a block's share of a stream: it must be a float (for a fit it
+        # does not matter: inf then)
+        if stream and not math.isfinite(top * total):
             raise ValueError(
-                "The sum of sample_weight overflows float64; divide the weights by a common "
-                "factor (only their ratios matter within a fit)."
+                "The sum of sample_weight overflows float64: divide the weights of every "
+                "block of the stream by a common factor (only their ratios matter)."
             )
         return p, float(top * total)
     return p
@@ -135,15 +150,16 @@ def _prepare(losses, lam, rho, sample_weight, *, allow_zero_rho=True):
     rho = _check_rho(rho, allow_zero=allow_zero_rho)
     p = empirical_weights(sample_weight, losses.shape[0])
     s = loss_scale(losses)
-    if s != 1.0:
-        losses = losses / s
-        lam = lam / s
-        if not lam > 0:
-            raise ValueError(
-                f"lam={lam * s!r} is too small next to losses of {s:.3g}: their ratio "
-                "underflows float64. Rescale the losses."
-            )
-    return losses, lam, rho, p, s
+    losses = losses / s if s != 1.0 else losses
+    return losses, smallest_lam(lam / s, np.max(np.abs(losses))), rho, p, s
+
+
+def smallest_lam(lam, loss_size):
+    """``lam``, raised to ``1e-20`` times the size of the losses if it is smaller: the risk
+    is then its ``lam -> 0`` limit to well below rounding (it moves by at most
+    ``lam log(1 / min p)``), while differences of losses of the order of ``lam``, which
+    the relaxation divides by ``rho``, would be lost to rounding."""
+    return max(lam, 1e-20 * float(loss_size), 1e-300)
 
 
 def kl_dro_risk(losses, lam, *, rho=0.0, sample_weight=None):

@@ -112,13 +112,18 @@ def test_relaxed_risk_matches_scalar_minimisation(prob, log_rho):
     ref_value, ref_eta = ref_relaxed_min(losses, p, lam, rho)
     eta = optimal_eta(losses, lam, rho, sample_weight=w)
     g = relaxed_objective(losses, eta, lam, rho, sample_weight=w)
+    # the package's threshold is the paper's shifted by -lam log(1 - rho), and its
+    # objective includes the offset that makes the relaxed divergence vanish at p
+    offset = lam * (1 + (1 - rho) / rho * np.log1p(-rho))
+    paper_eta = eta + lam * np.log1p(-rho)
     # our root is at least as good as a generic minimiser, and the same point
-    assert g <= ref_value + 1e-10 * (1 + abs(ref_value))
-    assert g == pytest.approx(ref_G(losses, p, eta, lam, rho), rel=1e-12, abs=1e-12)
-    assert eta == pytest.approx(ref_eta, rel=1e-5, abs=1e-5 * lam)
+    assert g <= ref_value + offset + 1e-10 * (1 + abs(ref_value) + lam)
+    assert g == pytest.approx(
+        ref_G(losses, p, paper_eta, lam, rho) + offset, rel=1e-12, abs=1e-12 * (1 + lam)
+    )
+    assert paper_eta == pytest.approx(ref_eta, rel=1e-5, abs=1e-5 * lam)
     risk = kl_dro_risk(losses, lam, rho=rho, sample_weight=w)
-    offset = 1 + (1 - rho) / rho * np.log1p(-rho)
-    assert risk == pytest.approx(g + lam * offset, rel=1e-9, abs=1e-9 * lam)
+    assert risk == pytest.approx(g, rel=1e-12, abs=1e-12 * lam)
 
 
 # ----------------------------------------------------------------------------------------
@@ -149,7 +154,8 @@ def test_gap_matches_first_order_formula(prob):
     chi = np.sum(q**2 / p)  # >= 1
     rho = 1e-3 / np.max(q / p)
     eta = optimal_eta(losses, lam, rho, sample_weight=w)
-    gap_G = exact - relaxed_objective(losses, eta, lam, rho, sample_weight=w)
+    softplus_form = relaxed_objective(losses, eta, lam, rho, sample_weight=w)
+    gap_G = exact - (softplus_form - lam * relaxation_offset(rho))
     assert gap_G == pytest.approx(lam * rho / 2 * chi, rel=2e-2)
     gap = exact - kl_dro_risk(losses, lam, rho=rho, sample_weight=w)
     predicted = lam * rho / 2 * (chi - 1)
@@ -251,7 +257,8 @@ def test_gradients_equal_finite_differences(prob, log_rho):
     ) / (2 * h)
     assert fd == pytest.approx(1 - p @ c, abs=1e-6)
     # and the unbiased per-sample gradient of G in the losses is p_i c_i
-    assert p @ c == pytest.approx(np.sum(p * expit((losses - eta) / lam + np.log(rho)) / rho))
+    logit = np.log(rho) - np.log1p(-rho)
+    assert p @ c == pytest.approx(np.sum(p * expit((losses - eta) / lam + logit) / rho))
 
 
 # ----------------------------------------------------------------------------------------
@@ -323,9 +330,9 @@ def test_bad_rho(rho):
         ([1.0, np.inf], None, "NaN"),
         ([], None, "non-empty"),
         ([[1.0, 2.0]], None, "1-D"),
-        ([1.0, 2.0], [1.0, -1.0], "non-negative"),
+        ([1.0, 2.0], [1.0, -1.0], "sample_weight"),
         ([1.0, 2.0], [1.0, np.nan], "sample_weight"),
-        ([1.0, 2.0], [0.0, 0.0], "weights are zero"),
+        ([1.0, 2.0], [0.0, 0.0], "non-zero"),
         ([1.0, 2.0], [1.0, 1.0, 1.0], "sample_weight"),
     ],
 )
@@ -342,3 +349,81 @@ def test_zero_weight_samples_are_ignored():
             kl_dro_risk(losses[[0, 2]], 0.5, rho=rho)
         )
         assert worst_case_weights(losses, 0.5, rho=rho, sample_weight=w)[1] == 0.0
+
+
+# ----------------------------------------------------------------------------------------
+# The whole range of lam, rho, losses and weights: exact where the limits are known
+# ----------------------------------------------------------------------------------------
+@given(problems(), st.floats(-8, -0.05), st.floats(15, 300))
+def test_huge_lam_is_the_weighted_mean_to_rounding(prob, log_rho, log_lam):
+    """Once lam is far above the spread of the losses the correction to the mean
+    (about their variance over 2 lam) is below rounding: the risk is the mean to 1e-12."""
+    losses, w, _ = prob
+    p = normalised(w, len(losses))
+    mean = p @ losses
+    for rho in (0.0, 10**log_rho):
+        got = kl_dro_risk(losses, 10**log_lam, rho=rho, sample_weight=w)
+        assert got == pytest.approx(mean, rel=1e-12, abs=1e-12 * np.max(losses))
+
+
+@given(problems(), st.floats(-8, -0.05), st.floats(-300, -12))
+def test_tiny_lam_is_the_maximum_or_the_cvar(prob, log_rho, log_lam):
+    losses, w, _ = prob
+    lam = 10**log_lam
+    p = normalised(w, len(losses))
+    exact = kl_dro_risk(losses, lam, sample_weight=w)
+    assert losses.max() + lam * np.log(p.max()) - 1e-12 <= exact <= losses.max() + 1e-12
+    rho = 10**log_rho
+    relaxed = kl_dro_risk(losses, lam, rho=rho, sample_weight=w)
+    assert relaxed == pytest.approx(ref_cvar(losses, p, rho), rel=1e-9, abs=1e-9)
+    q = worst_case_weights(losses, lam, rho=rho, sample_weight=w)
+    assert np.all(np.isfinite(q)) and q.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("lam", [5e-324, 1e-300, 1e300, 1.7e308])
+@pytest.mark.parametrize("rho", [0.0, 1e-300, 1e-3, 0.999])
+def test_extreme_lam_and_rho_stay_finite(lam, rho):
+    losses = np.random.default_rng(0).exponential(size=50)
+    risk = kl_dro_risk(losses, lam, rho=rho)
+    q = worst_case_weights(losses, lam, rho=rho)
+    assert np.isfinite(risk) and np.all(np.isfinite(q))
+    assert losses.mean() - 1e-12 <= risk <= losses.max() + 1e-12
+
+
+def test_tiny_rho_is_the_exact_risk():
+    losses = np.random.default_rng(0).exponential(size=50)
+    for lam in (0.1, 1.0, 10.0):
+        assert kl_dro_risk(losses, lam, rho=1e-300) == pytest.approx(
+            kl_dro_risk(losses, lam), rel=1e-12
+        )
+    with pytest.raises(ValueError, match="rho=5e-324 is below 1e-300"):
+        kl_dro_risk(losses, 1.0, rho=5e-324)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-150, 1e150, 1e300])
+def test_losses_of_any_size_scale_the_risk(scale):
+    """The risk is homogeneous: R(s l, s lam) = s R(l, lam), at every size of float64."""
+    losses = np.random.default_rng(1).exponential(size=40)
+    for rho in (0.0, 1e-3):
+        expected = kl_dro_risk(losses, 0.3, rho=rho)
+        got = kl_dro_risk(losses * scale, 0.3 * scale, rho=rho)
+        assert got == pytest.approx(expected * scale, rel=1e-12)
+
+
+def test_weights_whose_sum_overflows_are_normalised():
+    losses = np.array([1.0, 2.0, 5.0])
+    w = np.full(3, 1.7e308)
+    for rho in (0.0, 0.1):
+        assert kl_dro_risk(losses, 1.0, rho=rho, sample_weight=w) == pytest.approx(
+            kl_dro_risk(losses, 1.0, rho=rho)
+        )
+        np.testing.assert_allclose(
+            worst_case_weights(losses, 1.0, rho=rho, sample_weight=w),
+            worst_case_weights(losses, 1.0, rho=rho),
+        )
+
+
+@pytest.mark.parametrize("rho", ["0.1", None, [0.1], True])
+def test_rho_that_is_not_a_number_names_rho(rho):
+    with pytest.raises(ValueError, match="rho"):
+        kl_dro_risk([1.0, 2.0], 1.0, rho=rho)
