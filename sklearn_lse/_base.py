@@ -19,8 +19,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from . import risk
-from ._objective import losses_of, snapshot
 from ._curvature import uses_arrow_hessian
+from ._objective import losses_of, snapshot
 from ._problem import Problem, least_squares_start
 from ._registry import LOSSES, SOLVER_NAMES, SOLVERS, choose_solver
 from ._result import warn_not_converged
@@ -284,8 +284,7 @@ class DROLinearModel(BaseEstimator):
             snap = snapshot(prob, w, b, eta)
         if not np.isfinite(snap.objective):
             raise FloatingPointError(
-                "partial_fit diverged on this block. Scale the features, or lower "
-                "learning_rate."
+                "partial_fit diverged on this block. Scale the features, or lower learning_rate."
             )
         _check_finite(snap)
         stream = {**stream, "w": w, "b": b, "eta": eta, "weight": total}
@@ -404,9 +403,7 @@ class DROLinearModel(BaseEstimator):
 
     def _validate_for_predict(self, X):
         check_is_fitted(self)
-        X = validate_data(
-            self, X, reset=False, dtype=FLOAT_DTYPES, order="C", accept_sparse="csr"
-        )
+        X = validate_data(self, X, reset=False, dtype=FLOAT_DTYPES, order="C", accept_sparse="csr")
         return check_csr(X)
 
 

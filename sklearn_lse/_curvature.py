@@ -14,7 +14,6 @@ import scipy.sparse as sp
 from ._kernels import apply_arrow, csr_moments, curvature_matrix, curvature_terms
 from ._objective import derivative_chunks, full_gradient, standardised_gradient
 
-
 # Exact Hessians cost n ((d + 1) K)^2 flops and an eigendecomposition of size D; above this
 # many flops, models with several outputs use the class-block-diagonal Hessian instead.
 _EXACT_HESSIAN_FLOPS = 2e9
@@ -333,5 +332,3 @@ class Preconditioner:
             self.P[self.intercepts, :] = self.P[:, self.intercepts] = 0.0
         self.decrement = 0.5 * float(self.g @ self.P @ self.g)
         return self
-
-

@@ -25,6 +25,7 @@ from numba import njit
 
 _NJIT = {"cache": True, "nogil": True}
 
+
 # --------------------------------------------------------------------------------------
 # Overflow-free scalar primitives
 # --------------------------------------------------------------------------------------
@@ -351,6 +352,7 @@ LOG_LOSS = 3
 MULTINOMIAL = 4  # K outputs; every other loss has one
 N_LOSS_CODES = 5
 
+
 @njit(**_NJIT)
 def loss_and_derivatives(code, f, y, eps):
     """Loss, first and second derivatives in the prediction ``f``.
@@ -578,11 +580,12 @@ def svrg_epoch(
     The objective is ``G(W, b, eta) + alpha/2 ||W||^2`` with
     ``G = eta + (lam/rho) sum_i p_i log1p(rho expm1((l_i - eta)/lam))`` (see
     :func:`relaxed_value`). One sample's gradient is ``c_i (x_i, 1) l'_i^T`` in ``(W, b)``
-    and ``1 - c_i`` in ``eta``, with the factor ``c_i`` of :func:`relaxation_weights`. The control variate is the same sample's gradient at the
-    snapshot, from the snapshot's prediction (kept by the caller, or recomputed here from
-    the snapshot's model while the row is in cache, so that no per-sample array need be
-    kept between epochs), plus the snapshot's full gradient
-    ``mu``, so the estimate stays unbiased and its variance vanishes at the optimum.
+    and ``1 - c_i`` in ``eta``, with the factor ``c_i`` of :func:`relaxation_weights`. The
+    control variate is the same sample's gradient at the snapshot, from the snapshot's
+    prediction (kept by the caller, or recomputed here from the snapshot's model while the
+    row is in cache, so that no per-sample array need be kept between epochs), plus the
+    snapshot's full gradient ``mu``, so the estimate stays unbiased and its variance
+    vanishes at the optimum.
 
     The epoch ends at the average of its iterates over the second half of the steps.
     The step is taken in standardised coordinates ``V = W / inv_scale`` (features centred at

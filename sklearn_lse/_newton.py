@@ -47,7 +47,6 @@ from ._kernels import (
     step_losses,
 )
 from ._objective import Snapshot
-
 from ._result import Log, SolverResult
 
 # rows whose loss is more than _KEEP lam below the threshold leave the working set (the
@@ -91,9 +90,7 @@ class _Rows:
 
     def with_lam(self, prob):
         """The same point for the problem at another lam (eta solved again)."""
-        return _Rows(
-            prob, self.w, self.b, self.eta, F=self.F, losses=self.centred + self.eta0
-        )
+        return _Rows(prob, self.w, self.b, self.eta, F=self.F, losses=self.centred + self.eta0)
 
     def subset(self, prob, rows, outside):
         """The working set ``rows`` (of ``prob``, the problem restricted to them)."""
@@ -198,8 +195,10 @@ class _Screen:
 def _outside_value(prob, outside):
     """The terms of the rows left out of a working set: each is its limit
     ``(lam / rho) log1p(-rho)`` (``-lam`` for ``rho = 0``) to within ``exp(-_ENTER)``."""
-    share = float(np.sum(prob.weights(outside))) if prob.p.shape[0] > 1 else (
-        prob.p[0] * np.count_nonzero(outside)
+    share = (
+        float(np.sum(prob.weights(outside)))
+        if prob.p.shape[0] > 1
+        else (prob.p[0] * np.count_nonzero(outside))
     )
     limit = -prob.lam if prob.rho == 0 else prob.lam / prob.rho * math.log1p(-prob.rho)
     return share * limit
@@ -324,6 +323,31 @@ def certificate(prob, w, b, eta_guess=np.nan):
     return _certificate(prob, rows, max(abs(rows.value), prob.objective_floor()))
 
 
+def polish(prob, w, b, eta_guess, *, tol, log, max_steps=3):
+    """Certify a point found by another solver: up to ``max_steps`` Newton iterations at
+    ``tol`` from it (each a pass for the Hessian and one for the trial), stopping as soon
+    as the duality gap or a verified quadratic convergence certifies it (see
+    :func:`_newton_iterations`). Where the duality gap is loose (a worst case on a few
+    samples) this is the only certificate; near the optimum it also removes what is left
+    of the other solver's error. Returns (snapshot, converged, suboptimality, message)."""
+    rows = _Rows(prob, w, b, eta_guess)
+    scale = max(abs(rows.value), prob.objective_floor())
+    counter = [0]
+    if not log.history:
+        log.start(rows.value)
+    done, suboptimality, message = _newton_iterations(
+        rows, tol_abs=tol * scale, tol=tol, scale=scale, final=True, max_iter=max_steps,
+        counter=counter, log=log, radius=[np.inf],
+    )  # fmt: skip
+    snap = Snapshot(rows.w, rows.b, rows.value, rows.eta, rows.eta0, rows.eta1)
+    if not done:
+        message = (
+            f"{max_steps} Newton steps from its point did not certify it (Newton decrement "
+            f"{suboptimality:.2g})"
+        )
+    return snap, bool(done), suboptimality, message
+
+
 def _certificate(prob, rows, scale):
     """The duality gap at the current point, relative to ``scale`` (see the module
     docstring): exact for the squared error, the weighted problem's Newton decrement
@@ -365,7 +389,7 @@ def _newton_iterations(
         # the Newton step from a point this close to the optimum costs one evaluation and
         # leaves a suboptimality of about the square of the current one: take it
         step, _, predicted, newton = model.step(np.inf)
-        if newton and predicted > 0 and (screen is None or counter[0] < max_iter):
+        if newton and predicted > 0 and counter[0] < max_iter:
             value, state = rows.try_step(*to_model(step))
             w_new, b_new, eta0, _, eta1, _ = state
             safe = screen is None or screen.safe(
@@ -373,6 +397,8 @@ def _newton_iterations(
             )
             if value <= rows.value and safe:
                 rows.adopt(state)
+                counter[0] += 1
+                log.record(rows.value, "final Newton step", lam=prob.lam)
         return True, suboptimality, message
 
     while True:
@@ -404,6 +430,8 @@ def _newton_iterations(
             actual = rows.value - value if np.isfinite(value) else -np.inf
             counter[0] += 1
             ratio = actual / predicted if predicted > 0 else -np.inf
+            if ratio <= 1e-4:
+                log.record(rows.value, "step rejected", lam=prob.lam, radius=length)
             if ratio < 0.25:
                 radius[0] = 0.25 * length
             elif ratio > 0.75:
@@ -420,13 +448,11 @@ def _newton_iterations(
         if screen is not None:
             w_new, b_new, eta0, _, eta1, _ = state
             if not screen.safe(prob.to_standard(w_new, b_new), eta0 + eta1, prob.lam):
+                log.record(rows.value, "step rejected: it leaves the working set")
                 return None, decrement / scale, "the step leaves the working set"
         rows.adopt(state)
         previous = (decrement, newton, predicted, actual)
-        log.record(
-            counter[0], rows.value, lam=prob.lam, radius=radius[0], decrement=decrement / scale,
-            rows=prob.n_samples,
-        )
+        log.record(rows.value, lam=prob.lam, step=length, decrement=decrement / scale)
 
 
 def fit_newton(prob, w, b, *, max_iter, tol, verbose):
@@ -440,7 +466,7 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose):
     current = _Rows(prob, w, b, np.nan)
     if not math.isfinite(current.value):
         raise ValueError("The objective is not finite at the starting point.")
-    log.history.append(current.value)
+    log.start(current.value)
     floor = prob.objective_floor()
     losses = current.centred[prob.weights(slice(None)) > 0] + current.eta0
     lam = max(lam_target, float(np.max(losses) - np.min(losses)))
@@ -469,9 +495,7 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose):
                     norms[outside],
                     prob.to_standard(current.w, current.b),
                 )
-                rows = current.subset(
-                    stage.subset(active), active, _outside_value(stage, outside)
-                )
+                rows = current.subset(stage.subset(active), active, _outside_value(stage, outside))
             else:
                 rows = current
             done, suboptimality, message = _newton_iterations(
@@ -493,8 +517,6 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose):
     if not final:
         done = False
         message = f"reached max_iter={max_iter} before the last stage of the lam path"
-    snap = Snapshot(
-        current.w, current.b, current.value, current.eta, current.eta0, current.eta1
-    )
+    snap = Snapshot(current.w, current.b, current.value, current.eta, current.eta0, current.eta1)
     log.stop(message)
-    return SolverResult(snap, counter[0], bool(done), message, log.history, suboptimality)
+    return SolverResult(snap, log.n_iter, bool(done), message, log.history, suboptimality)

@@ -95,9 +95,7 @@ def _column_moments(X, p, fit_intercept):
         if X.nnz:
             np.maximum.at(top, X.indices, np.abs(X.data.astype(np.float64)))
         unit = _power_of_two_scales(top)
-        scaled = sp.csr_matrix(
-            (X.data / unit[X.indices], X.indices, X.indptr), shape=X.shape
-        )
+        scaled = sp.csr_matrix((X.data / unit[X.indices], X.indices, X.indptr), shape=X.shape)
         weights = row_weights(p, slice(None), n)[:, None]
         moments = np.zeros((d, 2))
         csr_moments(scaled.data, scaled.indices, scaled.indptr, weights, weights, moments)

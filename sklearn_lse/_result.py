@@ -27,21 +27,31 @@ class SolverResult:
 
 
 class Log:
-    """Collects the objective history of a run and prints one line per iteration when
-    ``verbose``."""
+    """The objective history of a run: its value at the start, then after every
+    iteration (a rejected step leaves it unchanged), so that ``len(history) - 1`` is the
+    number of iterations; prints one line per iteration when ``verbose``, and why the run
+    stopped."""
 
     def __init__(self, solver, verbose):
         self.solver = solver
         self.verbose = bool(verbose)
         self.history = []
 
-    def record(self, iteration, objective, **values):
+    @property
+    def n_iter(self):
+        return max(len(self.history) - 1, 0)
+
+    def start(self, objective):
+        self.history.append(float(objective))
+
+    def record(self, objective, note="", **values):
         self.history.append(float(objective))
         if self.verbose:
             details = ", ".join(f"{name}={value:.3g}" for name, value in values.items())
             print(
-                f"[{self.solver}] iteration {iteration}: objective={objective:.12g}"
-                + (f", {details}" if details else ""),
+                f"[{self.solver}] iteration {self.n_iter}: objective={objective:.12g}"
+                + (f", {details}" if details else "")
+                + (f" ({note})" if note else ""),
                 flush=True,
             )
 

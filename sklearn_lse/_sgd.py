@@ -8,9 +8,9 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from ._curvature import MIN_DAMPING, Preconditioner
+from ._curvature import MIN_DAMPING, Preconditioner, uses_arrow_hessian
 from ._kernels import relaxed_value, svrg_epoch, systematic_draws
-from ._newton import certificate
+from ._newton import polish
 from ._objective import Snapshot, losses_of, snapshot
 from ._result import Log, SolverResult
 
@@ -42,8 +42,10 @@ def fit_sgd(
     are at hand), so that the pass is not wasted.
 
     Convergence is decided as for the other solvers: when the Newton decrement and the
-    epochs' progress say so, the duality gap of :func:`sklearn_lse._newton.certificate`
-    (one more pass) must be below ``tol``, else the epochs go on.
+    epochs' progress say so, :func:`sklearn_lse._newton.polish` must certify the point
+    (at most three Newton steps from it), else the epochs go on. (With the arrow
+    preconditioner of sparse data with many features there is no Hessian to certify
+    with, and the Newton decrement's estimate decides.)
 
     Returns a :class:`~sklearn_lse._result.SolverResult`.
     """
@@ -56,15 +58,15 @@ def fit_sgd(
     snap = snapshot(prob, w, b)
     if not np.isfinite(snap.objective):
         raise ValueError("The objective is not finite at the starting point.")
-    log.history.append(snap.objective)
+    log.start(snap.objective)
     floor = prob.objective_floor()
-    gap = np.nan
+    arrow = uses_arrow_hessian(prob)
     damping = MIN_DAMPING
     cur = Preconditioner(prob, snap, damping, rng, batch_size)
     blocks = np.empty((n + batch_size - 1) // batch_size, dtype=np.int64)
     stall = accepted = 0
     start_time = time.perf_counter()
-    for epoch in range(1, max_iter + 1):
+    for _ in range(max_iter):
         systematic_draws(cur.block_pi, rng.random(), blocks)
         rng.shuffle(blocks)
         hyper[4:] = kappa, snap.eta
@@ -99,14 +101,11 @@ def fit_sgd(
             # with the gradient and Hessian that the snapshot already has
             new = _newton_line_search(prob, snap, cur)
             if new is None:
-                log.record(epoch, snap.objective, step=kappa, note=0.0)
+                log.record(snap.objective, "no decrease", step=kappa)
                 if kappa < 1e-12:
                     # No step improves on the snapshot: optimal to rounding if the
                     # certificate agrees, otherwise the data defeat the method (warn).
-                    gap = certificate(prob, snap.w, snap.b, snap.eta)
-                    message = f"no step lowers the objective (duality gap {gap:.2g})"
-                    log.stop(message)
-                    return SolverResult(snap, epoch, gap <= tol, message, log.history, gap)
+                    return _finish(prob, snap, tol, log, "no step lowers the objective")
                 continue
             new_cur = Preconditioner(prob, new, damping, rng, batch_size)
         accepted += 1
@@ -117,7 +116,6 @@ def fit_sgd(
         cur.damp(damping)
         stall = stall + 1 if decrease < tol else 0
         log.record(
-            epoch,
             snap.objective,
             decrement=cur.decrement_undamped / max(abs(snap.objective), floor),
             step=kappa,
@@ -131,15 +129,33 @@ def fit_sgd(
         if (cur.decrement_undamped <= tol * scale and decrease <= 100 * tol) or (
             stall >= n_iter_no_change and cur.decrement_undamped <= 100 * tol * scale
         ):
-            gap = certificate(prob, snap.w, snap.b, snap.eta)
-            if gap <= tol:
-                message = f"converged: duality gap {gap:.2g} <= tol"
+            if arrow:  # no Hessian to certify with: the decrement's estimate
+                message = f"converged: Newton decrement {cur.decrement_undamped / scale:.2g}"
                 log.stop(message)
-                return SolverResult(snap, epoch, True, message, log.history, gap)
+                return SolverResult(
+                    snap, log.n_iter, True, message, log.history, cur.decrement_undamped / scale
+                )
+            result = _finish(prob, snap, tol, log, "")
+            if result.converged:
+                return result
             stall = 0
     message = f"reached max_iter={max_iter}"
     log.stop(message)
-    return SolverResult(snap, max_iter, False, message, log.history, gap)
+    return SolverResult(snap, log.n_iter, False, message, log.history)
+
+
+def _finish(prob, snap, tol, log, reason):
+    """Certify the epochs' point by :func:`sklearn_lse._newton.polish` (Newton steps from
+    it, a few passes)."""
+    polished, converged, suboptimality, message = polish(
+        prob, snap.w, snap.b, snap.eta, tol=tol, log=log
+    )
+    if converged:
+        log.stop(message)
+    elif reason:
+        message = f"{reason}; {message}"
+        log.stop(message)
+    return SolverResult(polished, log.n_iter, converged, message, log.history, suboptimality)
 
 
 def _kernel_predictions(snap):

@@ -3,10 +3,10 @@
 import numpy as np
 from scipy.special import log_expit, log_softmax
 from sklearn.base import ClassifierMixin
+from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.validation import column_or_1d
 
 from ._base import DROLinearModel, StrOptions, _fit_context, loss_code, losses_of
@@ -451,8 +451,7 @@ def _label_index(y, classes):
         known = set(classes.tolist())
         unseen = sorted({label for label in np.asarray(y).tolist() if label not in known}, key=str)
         raise ValueError(
-            f"y contains labels not seen during fit: {unseen}; the classes are "
-            f"{classes.tolist()}."
+            f"y contains labels not seen during fit: {unseen}; the classes are {classes.tolist()}."
         ) from None
 
 

@@ -106,9 +106,7 @@ def loss_scale(losses):
     return power_of_two(top)
 
 
-def empirical_weights(
-    sample_weight, n_samples, *, return_total=False, compact=False, stream=True
-):
+def empirical_weights(sample_weight, n_samples, *, return_total=False, compact=False, stream=True):
     """The empirical distribution ``p_hat``: normalised ``sample_weight``, uniform if None
     (and with ``return_total``, the total weight before normalisation). With ``compact``,
     uniform weights are returned as one value, an array of length 1 (as the solvers take
@@ -362,7 +360,8 @@ def relaxed_objective(losses, eta, lam, rho, *, sample_weight=None):
     >>> from sklearn_lse import kl_dro_risk, optimal_eta, relaxed_objective
     >>> losses = np.array([0.5, 1.0, 4.0])
     >>> eta = optimal_eta(losses, lam=1.0, rho=0.1)
-    >>> bool(np.isclose(relaxed_objective(losses, eta, 1.0, 0.1), kl_dro_risk(losses, 1.0, rho=0.1)))
+    >>> value = relaxed_objective(losses, eta, lam=1.0, rho=0.1)
+    >>> bool(np.isclose(value, kl_dro_risk(losses, lam=1.0, rho=0.1)))
     True
     """
     losses, lam, rho, p, s = _prepare(losses, lam, rho, sample_weight, allow_zero_rho=False)

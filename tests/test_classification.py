@@ -299,7 +299,7 @@ Y_OK = np.array(["a", "b", "c"] * 10)
         ({"lam": -1.0}, "lam"),
         ({"rho": -0.1}, "rho"),
         ({"rho": 1.0}, "rho"),
-        ({"rho": 0.0}, "lbfgs"),
+        ({"rho": 0.0, "solver": "sgd"}, "newton"),
         ({"alpha": -1.0}, "alpha"),
         ({"loss": "squared_error"}, "loss"),
         ({"class_weight": "uniform"}, "class_weight"),

@@ -51,7 +51,9 @@ FAILURES = {
 }
 
 
-@pytest.mark.parametrize("Estimator, data", [(DRORegressor, regression_data), (DROClassifier, classification_data)])
+@pytest.mark.parametrize(
+    "Estimator, data", [(DRORegressor, regression_data), (DROClassifier, classification_data)]
+)
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("failure", sorted(FAILURES))
 @pytest.mark.parametrize("where", ["solver", "problem"])
@@ -72,22 +74,22 @@ def test_a_refit_that_fails_leaves_the_model_exactly_as_it_was(
         object.__setattr__(patched, "fit", failing(FAILURES[failure]()))
         monkeypatch.setitem(_registry.SOLVERS, solver, patched)
     else:
-        monkeypatch.setattr(
-            _problem.Problem, "build", classmethod(failing(FAILURES[failure]()))
-        )
-    with pytest.raises(BaseException) as info:
+        monkeypatch.setattr(_problem.Problem, "build", classmethod(failing(FAILURES[failure]())))
+    with pytest.raises((Exception, KeyboardInterrupt)) as info:
         model.fit(X6, y6)
     assert not isinstance(info.value, AssertionError)
     assert state(model) == before
     np.testing.assert_array_equal(model.predict(X3), prediction)
     fresh = Estimator(solver=solver, rho=1e-2)
-    with pytest.raises(BaseException):
+    with pytest.raises((Exception, KeyboardInterrupt)):
         fresh.fit(X6, y6)
     with pytest.raises(NotFittedError):
         fresh.predict(X6)
 
 
-@pytest.mark.parametrize("Estimator, data", [(DRORegressor, regression_data), (DROClassifier, classification_data)])
+@pytest.mark.parametrize(
+    "Estimator, data", [(DRORegressor, regression_data), (DROClassifier, classification_data)]
+)
 def test_a_dataframe_refit_with_bad_values_keeps_the_feature_names(Estimator, data):
     pd = pytest.importorskip("pandas")
     X, y = data()
@@ -102,7 +104,9 @@ def test_a_dataframe_refit_with_bad_values_keeps_the_feature_names(Estimator, da
     assert list(model.feature_names_in_) == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("Estimator, data", [(DRORegressor, regression_data), (DROClassifier, classification_data)])
+@pytest.mark.parametrize(
+    "Estimator, data", [(DRORegressor, regression_data), (DROClassifier, classification_data)]
+)
 def test_a_partial_fit_that_fails_leaves_the_stream_as_it_was(Estimator, data, monkeypatch):
     X, y = data()
     kwargs = {"classes": np.unique(y)} if Estimator is DROClassifier else {}
@@ -146,7 +150,9 @@ def test_targets_of_any_size_give_the_same_model_scaled(solver, scale):
             np.testing.assert_allclose(model.predict(X), ref.predict(X) * scale, rtol=1e-6)
 
 
-@pytest.mark.parametrize("Estimator, data", [(DRORegressor, regression_data), (DROClassifier, classification_data)])
+@pytest.mark.parametrize(
+    "Estimator, data", [(DRORegressor, regression_data), (DROClassifier, classification_data)]
+)
 @pytest.mark.parametrize("scale", [1e-200, 1e200])
 def test_features_of_any_size_are_fine(Estimator, data, scale):
     """Without a penalty (which is not invariant to the scale of the features) the model
@@ -160,7 +166,9 @@ def test_features_of_any_size_are_fine(Estimator, data, scale):
     np.testing.assert_allclose(model.coef_ * scale, ref.coef_, rtol=1e-5)
 
 
-@pytest.mark.parametrize("Estimator, data", [(DRORegressor, regression_data), (DROClassifier, classification_data)])
+@pytest.mark.parametrize(
+    "Estimator, data", [(DRORegressor, regression_data), (DROClassifier, classification_data)]
+)
 def test_sample_weights_whose_sum_overflows(Estimator, data):
     X, y = data()
     ref = Estimator(rho=1e-2, random_state=0).fit(X, y)
@@ -170,7 +178,9 @@ def test_sample_weights_whose_sum_overflows(Estimator, data):
     assert np.all(np.isfinite(q)) and q.sum() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("class_weight", [{0: np.inf, 1: 1.0, 2: 1.0}, {0: np.nan, 1: 1.0, 2: 1.0}])
+@pytest.mark.parametrize(
+    "class_weight", [{0: np.inf, 1: 1.0, 2: 1.0}, {0: np.nan, 1: 1.0, 2: 1.0}]
+)
 def test_non_finite_class_weight_is_refused(class_weight):
     X, y = classification_data()
     with pytest.raises(ValueError, match="class_weight"):
