@@ -96,7 +96,6 @@ sphinx_gallery_conf = {
 }
 
 
-
 def _mathjax_folder():
     """The folder that holds MathJax 3 (``mathjax/``) in the sphinx-mathjax-offline
     package: listed in html_static_path, it is copied to ``_static/mathjax``."""

@@ -19,12 +19,14 @@ from .risk import (
     relaxed_objective,
     worst_case_weights,
 )
+from .transport import EntropicTransport
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DROClassifier",
     "DRORegressor",
+    "EntropicTransport",
     "gradient_factors",
     "kl_dro_risk",
     "make_robust_scorer",

@@ -1,0 +1,290 @@
+"""Numba kernels of :mod:`sklearn_lse.transport`: the relaxed entropic OT dual over pairs.
+
+Notation (``shared/MATH.md`` section 8): source points ``x_i`` with weights ``a_i``, target
+points ``y_j`` with weights ``b_j``, cost ``C_ij``, temperature ``eps`` and density cap
+``0 < rho < 1``. For potentials ``f`` (source) and ``g`` (target), in cost units, the
+relaxed density ratio of a pair is::
+
+    s_ij = sigmoid((f_i + g_j - C_ij) / eps + log rho) / rho        (0 < s_ij < 1 / rho)
+
+and the plan is ``P_ij = a_i b_j s_ij``. The relaxed dual is
+``sum_i a_i f_i + sum_j b_j g_j + eps - (eps / rho) sum_ij a_i b_j softplus(z_ij + log rho)``;
+its gradient in ``f_i`` is ``a_i (1 - r_i)`` with the row mass ``r_i = sum_j b_j s_ij``, and
+its curvature in ``f_i`` is ``a_i / eps`` times ``sum_j b_j s_ij (1 - rho s_ij) <= r_i``.
+
+The costs are computed on the fly from the points for the metric codes below (no n x m
+matrix), or read from a precomputed matrix (``PRECOMPUTED``). The overflow-free softplus
+and sigmoid are copies of those of :mod:`sklearn_lse.risk`: a cached kernel must only call
+jitted functions of its own file (Numba's cache does not notice edits to other files).
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+_NJIT = {"cache": True, "nogil": True}
+
+SQEUCLIDEAN = 0
+EUCLIDEAN = 1
+CITYBLOCK = 2
+PRECOMPUTED = 3  # any other metric, or a callable: the cost matrix is passed in
+
+METRIC_CODES = {"sqeuclidean": SQEUCLIDEAN, "euclidean": EUCLIDEAN, "cityblock": CITYBLOCK}
+
+
+@njit(**_NJIT)
+def softplus(x):
+    """``log(1 + exp(x))`` without overflow for any finite ``x``."""
+    if x > 0.0:
+        return x + math.log1p(math.exp(-x))
+    return math.log1p(math.exp(x))
+
+
+@njit(**_NJIT)
+def sigmoid(x):
+    """``1 / (1 + exp(-x))`` without overflow for any finite ``x``."""
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+@njit(inline="always", **_NJIT)
+def pair_cost(code, X, i, Y, j, C, transposed):
+    """``C_ij`` between row ``i`` of X and row ``j`` of Y; with ``transposed`` the roles of
+    the precomputed matrix are swapped (the rows are the targets)."""
+    if code == PRECOMPUTED:
+        return C[j, i] if transposed else C[i, j]
+    s = 0.0
+    if code == CITYBLOCK:
+        for k in range(X.shape[1]):
+            s += abs(X[i, k] - Y[j, k])
+        return s
+    for k in range(X.shape[1]):
+        t = X[i, k] - Y[j, k]
+        s += t * t
+    if code == EUCLIDEAN:
+        return math.sqrt(s)
+    return s
+
+
+@njit(**_NJIT)
+def sampled_step(code, X, Y, C, transposed, w, f, g, J, eps, rho, h, stats):
+    """One stochastic half-step on the potentials ``f`` of the rows (X, weights ``w``).
+
+    Row ``i`` gets the targets ``J[i, :]``, drawn from the target weights, so that the
+    mean ``r_hat_i`` of their ``s_ij`` is an unbiased estimate of the row mass ``r_i``
+    and ``1 - r_hat_i`` one of the gradient (over ``a_i``). The step is preconditioned by
+    the curvature, ``f_i += eps * (1 - r_hat_i) / H_i`` with ``H_i = max(h_i, 1)`` and
+    ``h_i`` the estimate of the previous step (independent of this step's draws, so the
+    step stays unbiased); ``H_i >= 1`` bounds every step by ``eps`` upwards and by about
+    ``eps`` downwards once ``h_i`` tracks the mass. Adds the weighted squared step
+    ``sum_i w_i (1 - r_hat_i)^2 / H_i`` (the Newton decrement over eps / 2) to
+    ``stats[0]`` and its sampling variance ``sum_i w_i var(r_hat_i) / H_i`` to
+    ``stats[1]``.
+    """
+    n, K = J.shape
+    inv = 1.0 / eps
+    log_rho = math.log(rho)
+    dec = 0.0
+    noise = 0.0
+    for i in range(n):
+        r = 0.0
+        r2 = 0.0
+        fi = f[i] * inv + log_rho
+        for k in range(K):
+            j = J[i, k]
+            s = sigmoid(fi + (g[j] - pair_cost(code, X, i, Y, j, C, transposed)) * inv) / rho
+            r += s
+            r2 += s * s
+        r /= K
+        var = max(r2 / K - r * r, 0.0) / max(K - 1, 1)
+        H = max(h[i], 1.0)
+        dec += w[i] * (1.0 - r) * (1.0 - r) / H
+        noise += w[i] * var / H
+        f[i] += eps * (1.0 - r) / H
+        h[i] = r
+    stats[0] += dec
+    stats[1] += noise
+
+
+@njit(**_NJIT)
+def exact_step(code, X, Y, C, transposed, w, wt, f, g, eps, rho, h, stats):
+    """The half-step with the exact row masses ``r_i = sum_j wt_j s_ij`` over all targets
+    (no sampling noise): the log-domain Sinkhorn step ``f_i -= eps * log(r_i)``, whose
+    fixed point is the relaxed optimum ``r_i = 1`` (the relaxed row mass grows like
+    ``exp(f_i / eps)`` below the cap, a little slower near it). Adds
+    ``sum_i w_i log(r_i)^2`` to ``stats[0]``."""
+    n = X.shape[0]
+    m = Y.shape[0]
+    inv = 1.0 / eps
+    log_rho = math.log(rho)
+    dec = 0.0
+    for i in range(n):
+        r = 0.0
+        fi = f[i] * inv + log_rho
+        for j in range(m):
+            r += wt[j] * sigmoid(fi + (g[j] - pair_cost(code, X, i, Y, j, C, transposed)) * inv)
+        # every pair far below the threshold: move up by a bounded amount
+        log_r = math.log(r / rho) if r > 1e-300 else -20.0
+        dec += w[i] * log_r * log_r
+        f[i] -= eps * log_r
+        h[i] = r / rho
+    stats[0] += dec
+
+
+@njit(**_NJIT)
+def sampled_c_transform(code, X, Y, C, transposed, g, J, eps, f):
+    """Start of a temperature stage: ``f_i = -eps log mean_k exp((g_j - C_ij) / eps)`` over
+    the sampled targets ``J[i, :]`` (a biased estimate of the c-transform, only used as
+    the starting point of the unbiased steps), shifted by the largest term."""
+    n, K = J.shape
+    for i in range(n):
+        top = -np.inf
+        for k in range(K):
+            j = J[i, k]
+            top = max(top, (g[j] - pair_cost(code, X, i, Y, j, C, transposed)) / eps)
+        s = 0.0
+        for k in range(K):
+            j = J[i, k]
+            s += math.exp((g[j] - pair_cost(code, X, i, Y, j, C, transposed)) / eps - top)
+        f[i] = -eps * (top + math.log(s / K))
+
+
+@njit(**_NJIT)
+def _row_mass(code, X, i, Y, C, b, g, u, inv, log_rho):
+    """``log sum_j b_j sigmoid(u + (g_j - C_ij) / eps + log rho)`` and its derivative in u."""
+    s = 0.0
+    t = 0.0
+    top = -np.inf  # log-domain fallback when every sigmoid underflows
+    for j in range(Y.shape[0]):
+        if b[j] > 0.0:
+            z = u + (g[j] - pair_cost(code, X, i, Y, j, C, False)) * inv + log_rho
+            sig = sigmoid(z)
+            s += b[j] * sig
+            t += b[j] * sig * (1.0 - sig)
+            top = max(top, math.log(b[j]) + z)
+    if s > 1e-250:
+        return math.log(s), t / s
+    # all pairs far below the threshold: sigmoid(z) = exp(z) to full precision
+    acc = 0.0
+    for j in range(Y.shape[0]):
+        if b[j] > 0.0:
+            z = u + (g[j] - pair_cost(code, X, i, Y, j, C, False)) * inv + log_rho
+            acc += math.exp(math.log(b[j]) + z - top)
+    return top + math.log(acc), 1.0
+
+
+@njit(**_NJIT)
+def relaxed_c_transform(code, X, Y, C, b, g, eps, rho, f):
+    """``f_i``: the root of ``sum_j b_j sigmoid((f_i + g_j - C_ij) / eps + log rho) = rho``
+    (row mass 1), the relaxed c-transform of the target potential at the points X.
+
+    Newton's method on the log row mass, started at the exact c-transform
+    ``-eps log sum_j b_j exp((g_j - C_ij) / eps)``, which is a lower bound of the root
+    (``sigmoid(z + log rho) / rho <= exp(z)``), and safeguarded by bisection on a bracket.
+    """
+    inv = 1.0 / eps
+    log_rho = math.log(rho)
+    for i in range(X.shape[0]):
+        top = -np.inf
+        for j in range(Y.shape[0]):
+            if b[j] > 0.0:
+                top = max(
+                    top, math.log(b[j]) + (g[j] - pair_cost(code, X, i, Y, j, C, False)) * inv
+                )
+        acc = 0.0
+        for j in range(Y.shape[0]):
+            if b[j] > 0.0:
+                acc += math.exp(
+                    math.log(b[j]) + (g[j] - pair_cost(code, X, i, Y, j, C, False)) * inv - top
+                )
+        lo = -(top + math.log(acc))  # root >= lo, in units of eps
+        hi = np.inf
+        u = lo
+        for _ in range(100):
+            phi, dphi = _row_mass(code, X, i, Y, C, b, g, u, inv, log_rho)
+            phi -= log_rho
+            if abs(phi) <= 1e-12:
+                break
+            if phi < 0.0:
+                lo = u
+            else:
+                hi = u
+            new = u - phi / dphi if dphi > 0.0 else np.nan
+            if not (lo < new < hi):
+                new = 0.5 * (lo + hi) if math.isfinite(hi) else lo + 2.0 * max(1.0, u - lo)
+            if abs(new - u) <= 1e-14 * (abs(u) + 1.0):
+                u = new
+                break
+            u = new
+        f[i] = u * eps
+
+
+@njit(**_NJIT)
+def evaluate(code, X, Y, C, a, b, f, g, eps, rho, row, col):
+    """One exact pass over all pairs at the potentials (f, g).
+
+    Writes the row masses ``row_i = sum_j b_j s_ij`` and column masses
+    ``col_j = sum_i a_i s_ij``; returns ``(<P, C>, sum P log(P / (a b)), sum_ij a_i b_j
+    softplus(z_ij + log rho) / rho)`` for the plan ``P_ij = a_i b_j s_ij`` (the last term
+    is the one of the relaxed dual).
+    """
+    inv = 1.0 / eps
+    log_rho = math.log(rho)
+    cost = 0.0
+    soft = 0.0
+    col[:] = 0.0
+    for i in range(X.shape[0]):
+        r = 0.0
+        rc = 0.0
+        rs = 0.0
+        fi = f[i] * inv + log_rho
+        for j in range(Y.shape[0]):
+            c = pair_cost(code, X, i, Y, j, C, False)
+            z = fi + (g[j] - c) * inv
+            s = sigmoid(z) / rho
+            bs = b[j] * s
+            r += bs
+            rc += bs * c
+            rs += b[j] * softplus(z) / rho
+            col[j] += a[i] * s
+        row[i] = r
+        cost += a[i] * rc
+        soft += a[i] * rs
+    return cost, soft
+
+
+@njit(**_NJIT)
+def plan_rows(code, X, Y, C, a_rows, b, f_rows, g, eps, rho, out):
+    """Rows of the plan, ``out[k, j] = a_k b_j s_kj``, for the points X (potentials
+    ``f_rows``, weights ``a_rows``)."""
+    inv = 1.0 / eps
+    log_rho = math.log(rho)
+    for k in range(X.shape[0]):
+        fk = f_rows[k] * inv + log_rho
+        for j in range(Y.shape[0]):
+            z = fk + (g[j] - pair_cost(code, X, k, Y, j, C, False)) * inv
+            out[k, j] = a_rows[k] * b[j] * sigmoid(z) / rho
+
+
+@njit(**_NJIT)
+def barycentric_map(code, X, Y, C, b, f, g, eps, rho, out):
+    """``out_i = sum_j P_ij y_j / sum_j P_ij``: the barycentric projection of the rows of
+    the plan at the points X (potentials ``f``) onto the target points Y."""
+    inv = 1.0 / eps
+    log_rho = math.log(rho)
+    d = Y.shape[1]
+    for i in range(X.shape[0]):
+        fi = f[i] * inv + log_rho
+        total = 0.0
+        for k in range(d):
+            out[i, k] = 0.0
+        for j in range(Y.shape[0]):
+            w = b[j] * sigmoid(fi + (g[j] - pair_cost(code, X, i, Y, j, C, False)) * inv)
+            total += w
+            for k in range(d):
+                out[i, k] += w * Y[j, k]
+        for k in range(d):
+            out[i, k] /= total

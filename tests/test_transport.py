@@ -1,0 +1,242 @@
+"""EntropicTransport against an exact log-domain Sinkhorn written here in NumPy/SciPy, and
+against POT where it is installed."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+from scipy.special import logsumexp
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.pipeline import make_pipeline
+
+from sklearn_lse import EntropicTransport
+
+
+def clouds(n=150, m=110, d=2, seed=0, weighted=True):
+    """Two Gaussian mixtures (the target shifted and stretched) and random weights."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [2.5, 0.5], [0.5, 2.5]])[:, :d]
+    Xs = centres[rng.integers(0, 3, n)] + 0.6 * rng.normal(size=(n, d))
+    Xt = 1.3 * (centres[rng.integers(0, 3, m)] + 0.6 * rng.normal(size=(m, d))) + 1.0
+    if not weighted:
+        return Xs, Xt, np.full(n, 1 / n), np.full(m, 1 / m)
+    a = rng.uniform(0.5, 2.0, n)
+    b = rng.uniform(0.5, 2.0, m)
+    return Xs, Xt, a / a.sum(), b / b.sum()
+
+
+def sinkhorn(a, b, C, eps, tol=1e-11, max_iter=200_000):
+    """Exact log-domain Sinkhorn: potentials, plan, <P, C> + eps KL(P || ab), <P, C>."""
+    la, lb = np.log(a), np.log(b)
+    f, g = np.zeros(len(a)), np.zeros(len(b))
+    for it in range(max_iter):
+        f = -eps * logsumexp(lb[None, :] + (g[None, :] - C) / eps, axis=1)
+        g = -eps * logsumexp(la[:, None] + (f[:, None] - C) / eps, axis=0)
+        if it % 10 == 0:
+            log_p = la[:, None] + lb[None, :] + (f[:, None] + g[None, :] - C) / eps
+            if np.abs(np.exp(logsumexp(log_p, axis=1)) - a).sum() < tol:
+                break
+    log_p = la[:, None] + lb[None, :] + (f[:, None] + g[None, :] - C) / eps
+    P = np.exp(log_p)
+    cost = float((P * C).sum())
+    kl = float((P * (log_p - la[:, None] - lb[None, :])).sum())
+    return f, g, P, cost + eps * kl, cost
+
+
+def fit(Xs, Xt, a=None, b=None, **params):
+    params = {"random_state": 0, **params}
+    return EntropicTransport(**params).fit(Xs, Xt, source_weight=a, target_weight=b)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    Xs, Xt, a, b = clouds()
+    C = cdist(Xs, Xt, "sqeuclidean")
+    eps = 0.05 * np.median(C)
+    return Xs, Xt, a, b, C, eps, sinkhorn(a, b, C, eps)
+
+
+@pytest.fixture(scope="module")
+def fitted(problem):
+    Xs, Xt, a, b, C, eps, _ = problem
+    return fit(Xs, Xt, a, b, epsilon=eps)
+
+
+def test_value_matches_exact_sinkhorn(problem, fitted):
+    *_, (f, g, P, value, cost) = problem
+    assert fitted.value_ == pytest.approx(value, rel=1e-3)
+    assert fitted.transport_cost_ == pytest.approx(cost, rel=2e-2)
+    assert fitted.marginal_error_ < 2e-2
+
+
+@pytest.mark.parametrize("rel", [0.3, 0.01])
+def test_value_on_held_out_clouds_and_weights(rel):
+    """Other clouds, sizes, weights and temperatures than the fixture's."""
+    Xs, Xt, a, b = clouds(n=90, m=130, seed=3)
+    C = cdist(Xs, Xt, "sqeuclidean")
+    eps = rel * np.median(C)
+    value = sinkhorn(a, b, C, eps)[3]
+    assert fit(Xs, Xt, a, b, epsilon=eps).value_ == pytest.approx(value, rel=2e-3)
+
+
+def test_plan_rows_match_the_exact_plan(problem, fitted):
+    Xs, Xt, a, b, C, eps, (f, g, P, value, cost) = problem
+    idx = np.array([0, 5, 17, -1])
+    rows = fitted.plan_rows(idx)
+    assert rows.shape == (4, Xt.shape[0])
+    np.testing.assert_allclose(rows.sum(axis=1), a[idx], rtol=3e-2)
+    # the rows of the plan, compared as distributions over the targets
+    err = np.abs(rows / rows.sum(1, keepdims=True) - P[idx] / P[idx].sum(1, keepdims=True))
+    assert err.sum(axis=1).max() < 5e-2
+    assert np.all(rows <= a[idx, None] * b[None, :] / fitted.rho)
+
+
+def test_transform_of_new_points_is_the_barycentric_map(problem, fitted):
+    Xs, Xt, a, b, C, eps, (f, g, P, value, cost) = problem
+    X_new = clouds(n=40, seed=7)[0]
+    # exact map: the c-transform of the exact target potential gives the rows
+    log_rows = np.log(b)[None, :] + (g[None, :] - cdist(X_new, Xt, "sqeuclidean")) / eps
+    rows = np.exp(log_rows - logsumexp(log_rows, axis=1, keepdims=True))
+    expected = rows @ Xt
+    mapped = fitted.transform(X_new)
+    assert mapped.shape == X_new.shape
+    spread = np.linalg.norm(Xt - Xt.mean(0), axis=1).mean()
+    assert np.abs(mapped - expected).max() < 0.02 * spread
+
+
+def test_transform_of_training_points_matches_the_plan(problem, fitted):
+    Xs, Xt, *_ = problem
+    rows = fitted.plan_rows(np.arange(Xs.shape[0]))
+    projection = rows @ Xt / rows.sum(axis=1, keepdims=True)
+    spread = np.linalg.norm(Xt - Xt.mean(0), axis=1).mean()
+    assert np.abs(fitted.transform(Xs) - projection).max() < 0.02 * spread
+
+
+def test_rho_caps_the_plan_and_biases_the_value_upwards(problem):
+    """The relaxed value exceeds the exact one by about eps rho / 2 chi2(P || ab)."""
+    Xs, Xt, a, b, C, eps, (f, g, P, value, cost) = problem
+    chi2 = float((P**2 / (a[:, None] * b[None, :])).sum() - 1.0)
+    rho = 1e-3
+    model = fit(Xs, Xt, a, b, epsilon=eps, rho=rho)
+    gap = model.value_ - value
+    assert gap == pytest.approx(eps * rho / 2 * chi2, rel=0.3)
+    coarse = fit(Xs, Xt, a, b, epsilon=eps, rho=0.2)
+    rows = coarse.plan_rows(np.arange(Xs.shape[0]))
+    assert np.all(rows <= a[:, None] * b[None, :] / 0.2 * (1 + 1e-12))
+    assert coarse.value_ > model.value_ > value
+
+
+def test_small_epsilon_stays_finite():
+    """eps = 1e-4 x the median cost: exp((f + g - C) / eps) would overflow; the relaxed
+    weights stay below 1 / rho and the fit, value and map stay finite."""
+    Xs, Xt, a, b = clouds(n=80, m=70, seed=1)
+    C = cdist(Xs, Xt, "sqeuclidean")
+    eps = 1e-4 * np.median(C)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = fit(Xs, Xt, a, b, epsilon=eps, max_iter=20_000)
+    assert np.all(np.isfinite(model.source_potential_))
+    assert np.all(np.isfinite(model.target_potential_))
+    assert np.all(np.isfinite(model.transform(Xs)))
+    # near the unregularised OT cost, which bounds the entropic value from below
+    ot = pytest.importorskip("ot")
+    exact = ot.emd2(a, b, C)
+    assert exact <= model.value_ * (1 + 1e-6)
+    assert model.value_ == pytest.approx(exact, rel=2e-2)
+
+
+def test_against_pot_sinkhorn_log():
+    ot = pytest.importorskip("ot")
+    Xs, Xt, a, b = clouds(n=100, m=100, seed=2, weighted=False)
+    C = cdist(Xs, Xt, "sqeuclidean")
+    eps = 0.05 * np.median(C)
+    P = ot.sinkhorn(a, b, C, eps, method="sinkhorn_log", stopThr=1e-12, numItermax=100_000)
+    model = fit(Xs, Xt, epsilon=eps)
+    # ot.sinkhorn2 returns the transport cost <P, C>: our transport_cost_
+    assert model.transport_cost_ == pytest.approx(float((P * C).sum()), rel=2e-2)
+    rows = model.plan_rows(np.arange(100))
+    assert np.abs(rows - P).sum() < 3e-2
+
+
+def test_metric_names_and_callables_agree():
+    Xs, Xt, a, b = clouds(n=60, m=50, seed=4)
+    on_the_fly = fit(Xs, Xt, a, b, epsilon=0.3, metric="cityblock")
+    callable_ = fit(Xs, Xt, a, b, epsilon=0.3, metric=lambda X, Y: cdist(X, Y, "cityblock"))
+    np.testing.assert_allclose(on_the_fly.value_, callable_.value_, rtol=1e-10)
+    np.testing.assert_allclose(on_the_fly.transform(Xs[:5]), callable_.transform(Xs[:5]))
+    chebyshev = fit(Xs, Xt, a, b, epsilon=0.3, metric="chebyshev")
+    exact = sinkhorn(a, b, cdist(Xs, Xt, "chebyshev"), 0.3)[3]
+    assert chebyshev.value_ == pytest.approx(exact, rel=1e-3)
+
+
+def test_clone_pickle_and_pipeline(problem, fitted):
+    Xs, Xt, a, b, C, eps, _ = problem
+    X_new = Xs[:10] + 0.1
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.transform(X_new), fitted.transform(X_new))
+    copy = clone(fitted)
+    assert copy.get_params() == fitted.get_params()
+    assert not hasattr(copy, "value_")
+    pipe = make_pipeline(EntropicTransport(epsilon=eps, random_state=0)).fit(Xs, Xt)
+    direct = fit(Xs, Xt, epsilon=eps)
+    np.testing.assert_allclose(pipe.transform(X_new), direct.transform(X_new))
+    np.testing.assert_allclose(
+        EntropicTransport(epsilon=eps, random_state=0).fit_transform(Xs, Xt),
+        direct.transform(Xs),
+    )
+
+
+def test_not_converged_warns():
+    Xs, Xt, a, b = clouds(n=60, m=50, seed=5)
+    with pytest.warns(ConvergenceWarning, match="max_iter"):
+        fit(Xs, Xt, epsilon=0.01, max_iter=2)
+
+
+@pytest.mark.parametrize(
+    "params, data, match",
+    [
+        ({"epsilon": 0.0}, {}, "epsilon"),
+        ({"epsilon": -1.0}, {}, "epsilon"),
+        ({"rho": 0.0}, {}, "rho"),
+        ({"rho": 1.0}, {}, "rho"),
+        ({"metric": "no-such-metric"}, {}, "metric"),
+        ({}, {"Xs_nan": True}, "NaN"),
+        ({}, {"Xt_nan": True}, "NaN"),
+        ({}, {"Xt_dim": 3}, "features"),
+        ({}, {"a_negative": True}, "source_weight"),
+        ({}, {"b_length": 7}, "target_weight"),
+        ({}, {"b_zero": True}, "target_weight"),
+        ({}, {"no_target": True}, "target points"),
+    ],
+)
+def test_bad_input_raises_before_work(params, data, match):
+    Xs, Xt, a, b = clouds(n=20, m=15, seed=6)
+    if data.get("Xs_nan"):
+        Xs[3, 1] = np.nan
+    if data.get("Xt_nan"):
+        Xt[2, 0] = np.nan
+    if "Xt_dim" in data:
+        Xt = np.hstack([Xt, np.ones((15, 1))])
+    if data.get("a_negative"):
+        a = a.copy()
+        a[0] = -0.1
+    if "b_length" in data:
+        b = np.ones(data["b_length"])
+    if data.get("b_zero"):
+        b = np.zeros(15)
+    if data.get("no_target"):
+        Xt = None
+    with pytest.raises(ValueError, match=match):
+        EntropicTransport(**params).fit(Xs, Xt, source_weight=a, target_weight=b)
+
+
+def test_transform_checks_its_input(fitted):
+    with pytest.raises(ValueError, match="features"):
+        fitted.transform(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.transform(np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match="indices"):
+        fitted.plan_rows([10_000])
