@@ -331,13 +331,12 @@ def polish(prob, w, b, eta_guess, *, tol, log, max_steps=3):
     samples) this is the only certificate; near the optimum it also removes what is left
     of the other solver's error. Returns (snapshot, converged, suboptimality, message)."""
     rows = _Rows(prob, w, b, eta_guess)
-    scale = max(abs(rows.value), prob.objective_floor())
     counter = [0]
     if not log.history:
         log.start(rows.value)
     done, suboptimality, message = _newton_iterations(
-        rows, tol_abs=tol * scale, tol=tol, scale=scale, final=True, max_iter=max_steps,
-        counter=counter, log=log, radius=[np.inf],
+        rows, tol=tol, stage_tol=0.0, floor=prob.objective_floor(), final=True,
+        max_iter=max_steps, counter=counter, log=log, radius=[np.inf],
     )  # fmt: skip
     snap = Snapshot(rows.w, rows.b, rows.value, rows.eta, rows.eta0, rows.eta1)
     if not done:
@@ -358,7 +357,7 @@ def _certificate(prob, rows, scale):
 
 
 def _newton_iterations(
-    rows, *, tol_abs, tol, scale, final, max_iter, counter, log, radius, screen=None
+    rows, *, tol, stage_tol, floor, final, max_iter, counter, log, radius, screen=None
 ):
     """Trust-region Newton iterations on ``rows`` until the decrement (an intermediate
     stage) or the suboptimality (the final stage) is below the tolerance.
@@ -404,7 +403,9 @@ def _newton_iterations(
     while True:
         model = _Model(*_system(prob, rows))
         decrement = model.decrement
-        if decrement <= tol_abs:
+        # relative to the current objective (it falls by orders of magnitude on the way)
+        scale = max(abs(rows.value), floor)
+        if decrement <= max(tol * scale, stage_tol):
             if not final:
                 return True, decrement / scale, "stage converged"
             if previous is not None and (
@@ -480,8 +481,6 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose):
             current = current.with_lam(stage)
         band = _KEEP
         while True:
-            scale = max(abs(current.value), floor)
-            tol_abs = tol * scale if final else max(_STAGE_TOL * lam, tol * scale)
             inside = current.weights_above(band)
             active = np.flatnonzero(inside)
             subset = active.shape[0] <= _SUBSET_SHARE * n
@@ -499,7 +498,8 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose):
             else:
                 rows = current
             done, suboptimality, message = _newton_iterations(
-                rows, tol_abs=tol_abs, tol=tol, scale=scale, final=final,
+                rows, tol=tol, stage_tol=0.0 if final else _STAGE_TOL * lam, floor=floor,
+                final=final,
                 max_iter=max_iter, counter=counter, log=log, radius=radius, screen=screen,
             )  # fmt: skip
             if not subset:
