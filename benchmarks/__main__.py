@@ -11,7 +11,8 @@ and prints the tables. Sections:
    ``bench_sparse.py``, ``scaling.py``);
 3. against the ``dro`` package, on the same KL-ball objective (``compare_dro.py``);
 4. peak memory of a fit relative to X (``memory.py``);
-5. Numba compilation (``bench_compile.py``).
+5. Numba compilation (``bench_compile.py``);
+6. entropic optimal transport against POT (``bench_transport.py``, skipped without POT).
 """
 
 import argparse
@@ -25,6 +26,7 @@ from . import (
     bench_compile,
     bench_regressor,
     bench_sparse,
+    bench_transport,
     compare_dro,
     memory,
     paper,
@@ -75,6 +77,12 @@ def main(argv=None):
     section("Against the dro package (cvxpy)", compare_dro.report(quick))
     section("Memory", memory.report(quick))
     section("Numba compilation", captured(bench_compile.main))
+    try:
+        import ot  # noqa: F401 (POT, in the bench extra)
+    except ImportError:
+        section("Entropic optimal transport against POT", "POT is not installed: skipped.")
+    else:
+        section("Entropic optimal transport against POT", captured(bench_transport.main, flag))
     mode = "quick" if quick else "full"
     header = (
         f"# sklearn_lse benchmarks ({mode}, {time.perf_counter() - start:.0f} s)\n\n"
