@@ -190,14 +190,25 @@ def relaxation_terms(losses, eta0, eta1, lam, rho, c, k):
         c[i], k[i] = relaxation_weights((losses[i] - eta0) - eta1, lam, rho)
 
 
+# a sample whose loss is this many lam below the threshold has a factor below
+# exp(-_FAR) = 4e-18 (relative to its weight): its term is the constant limit, and it
+# adds nothing to the mass (the sums skip its exponentials)
+_FAR = 40.0
+
+
 @njit(**_NJIT)
 def relaxed_value(losses, p, eta, lam, rho):
     """The relaxed risk's objective in the threshold,
     ``eta + (lam / rho) sum_i p_i log1p(rho expm1((l_i - eta) / lam))``."""
+    far = -lam if rho == 0.0 else lam / rho * math.log1p(-rho)  # the term's limit
     s = 0.0
     for i in range(losses.shape[0]):
         if weight(p, i) > 0.0:
-            s += weight(p, i) * relaxation_term(losses[i] - eta, lam, rho)
+            d = losses[i] - eta
+            if d < -_FAR * lam:
+                s += weight(p, i) * far
+            else:
+                s += weight(p, i) * relaxation_term(d, lam, rho)
     return eta + s
 
 
@@ -209,8 +220,9 @@ def _log_mass(losses, p, eta, lam, rho):
     s = 0.0
     t = 0.0
     for i in range(losses.shape[0]):
-        if weight(p, i) > 0.0:
-            c, k = relaxation_weights(losses[i] - eta, lam, rho)
+        d = losses[i] - eta
+        if weight(p, i) > 0.0 and d >= -_FAR * lam:
+            c, k = relaxation_weights(d, lam, rho)
             s += weight(p, i) * c
             t += weight(p, i) * k
     if s > 1e-250 and math.isfinite(s):
@@ -480,6 +492,18 @@ def step_losses(code, pred, step, t, y, eps, loss):
             loss[i] = multinomial_loss(f, int(y[i]), grad)
         else:
             loss[i] = loss_and_derivatives(code, f[0], y[i], eps)[0]
+
+
+@njit(**_NJIT)
+def standardised_norms(X, mean, inv_scale, out):
+    """``out_i = |(inv_scale * (x_i - mean), 1)|`` for the rows of a dense chunk, in one
+    pass and without temporaries."""
+    for i in range(X.shape[0]):
+        total = 1.0
+        for j in range(X.shape[1]):
+            z = (X[i, j] - mean[j]) * inv_scale[j]
+            total += z * z
+        out[i] = math.sqrt(total)
 
 
 @njit(**_NJIT)

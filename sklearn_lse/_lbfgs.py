@@ -6,7 +6,7 @@ from scipy.optimize import minimize
 
 from ._newton import polish
 from ._objective import full_gradient, snapshot, standardised_gradient
-from ._result import Log, SolverResult
+from ._result import Log
 
 
 def fit_lbfgs(prob, w, b, *, max_iter, tol, verbose):
@@ -57,5 +57,4 @@ def fit_lbfgs(prob, w, b, *, max_iter, tol, verbose):
     if not converged:
         reason = f"reached max_iter={max_iter}" if res.status == 1 else str(res.message)
         message = f"{reason}; {message}"
-    log.stop(message)
-    return SolverResult(snap, log.n_iter, converged, message, log.history, suboptimality)
+    return log.result(snap, converged, message, suboptimality)

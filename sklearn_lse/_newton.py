@@ -34,6 +34,7 @@ direction's predictions. Everything that runs per sample is in :mod:`sklearn_lse
 import math
 
 import numpy as np
+import scipy.sparse as sp
 
 from ._kernels import (
     HUBER,
@@ -44,22 +45,30 @@ from ._kernels import (
     pointwise_losses,
     relaxation_terms,
     relaxed_value,
+    standardised_norms,
     step_losses,
 )
 from ._objective import Snapshot
-from ._result import Log, SolverResult
+from ._problem import chunk_of
+from ._result import Log
 
 # rows whose loss is more than _KEEP lam below the threshold leave the working set (the
 # band doubles when it is too narrow for a step); a step may not bring a row outside it
 # within _ENTER lam of the threshold (its weight would reach exp(-_ENTER) = 1.7e-15)
-_KEEP = 40.0
+_KEEP = 60.0
 _ENTER = 34.0
 # a working set is copied when it has at most this share of the rows
-_SUBSET_SHARE = 0.5
+_SUBSET_SHARE = 0.2
 # the Hessian's pass goes over chunks of this size, which stay in cache between the
 # chunk's products
 _CHUNK_BYTES = 2**19
-# continuation: lam divided by this per stage
+# the Hessian of many rows, while far from the optimum, from an importance sample of this
+# share of them (at least this many rows per coefficient)
+_SKETCH_SHARE = 1 / 16
+_SKETCH_ROWS = 50
+# the rows of a screen checked one by one: those with the largest losses and norms
+_SCREEN_CANDIDATES = 256
+# continuation: lam divided by this per stage (by its powers after easy stages)
 _STAGE_FACTOR = 10.0
 # the loose tolerance of an intermediate stage, in units of its lam
 _STAGE_TOL = 0.25
@@ -74,6 +83,7 @@ class _Rows:
     def __init__(self, prob, w, b, eta_guess, *, F=None, losses=None, outside=0.0):
         self.prob = prob
         self.outside = outside
+        self.draws = 0  # the seed of the next Hessian sketch
         self.F = prob.predictions(w, b) if F is None else F
         self.w, self.b = w, b
         if losses is None:
@@ -88,9 +98,13 @@ class _Rows:
     def eta(self):
         return self.eta0 + self.eta1
 
-    def with_lam(self, prob):
+    def with_lam(self, prob, outside=0.0):
         """The same point for the problem at another lam (eta solved again)."""
-        return _Rows(prob, self.w, self.b, self.eta, F=self.F, losses=self.centred + self.eta0)
+        return _Rows(prob, self.w, self.b, self.eta, F=self.F, losses=self.losses, outside=outside)
+
+    @property
+    def losses(self):
+        return self.centred + self.eta0
 
     def subset(self, prob, rows, outside):
         """The working set ``rows`` (of ``prob``, the problem restricted to them)."""
@@ -109,19 +123,20 @@ class _Rows:
         risk = eta0 + relaxed_value(centred, prob.p, eta1, prob.lam, prob.rho)
         return risk + self.outside + prob.penalty(w)
 
-    def derivatives(self):
-        """Per chunk of rows: ``(Z, pc, c, k, dl, ddl)`` at the current point, with ``Z``
-        the standardised rows and ``pc`` the empirical weights."""
+    def derivatives(self, standardised=True):
+        """Per chunk of rows: ``(Z, pc, c, k, dl, ddl, rows)`` at the current point, with
+        ``Z`` the standardised rows (None without ``standardised``) and ``pc`` the
+        empirical weights."""
         prob = self.prob
         for rows in prob.chunks(_CHUNK_BYTES):
-            Z = prob.standardised(rows)
+            Z = prob.standardised(rows) if standardised else None
             F = self.F[rows]
             loss = np.empty(F.shape[0])
             dl, ddl = np.empty_like(F), np.empty_like(F)
             pointwise_losses(prob.loss, F, prob.y[rows], prob.eps, loss, dl, ddl)
             c, k = np.empty(F.shape[0]), np.empty(F.shape[0])
             relaxation_terms(self.centred[rows], 0.0, self.eta1, prob.lam, prob.rho, c, k)
-            yield Z, prob.weights(rows), c, k, dl, ddl
+            yield Z, prob.weights(rows), c, k, dl, ddl, rows
 
     def try_step(self, dw, db):
         """The value at ``(w + dw, b + db)`` with eta solved again, and the trial's state
@@ -144,9 +159,12 @@ class _Rows:
 def _row_norms(prob):
     """``|z_i|`` of the standardised rows ``z_i = (s * (x_i - mean), 1)``, by chunks."""
     norms = np.empty(prob.n_samples)
+    X = prob.X
     for rows in prob.chunks():
-        Z = prob.standardised(rows)
-        norms[rows] = np.sqrt(np.einsum("ij,ij->i", Z, Z))
+        Xc = chunk_of(X, rows)
+        if sp.issparse(Xc):
+            Xc = Xc.toarray()
+        standardised_norms(Xc, prob.mean, prob.inv_scale, norms[rows])
     return norms
 
 
@@ -158,78 +176,148 @@ class _Screen:
     grows with ``D`` (``(|r_i| + |z_i| D)^2`` for the squared error and Huber, which it
     bounds; ``l_i + L |z_i| D`` for the losses with Lipschitz constant ``L``). A step is
     safe when every left-out row's bound stays ``_ENTER lam`` below the new threshold.
-    The largest loss and norm give a bound for all the rows at once; only when it fails
-    are the rows checked one by one."""
+    The rows with the largest losses or norms are checked one by one; the others together,
+    by their largest loss and norm."""
 
     def __init__(self, prob, losses, norms, u0):
         self.u0 = u0
-        self.norms = norms
         if prob.loss == SQUARED_ERROR:
-            self.base, self.quadratic = np.sqrt(np.maximum(losses, 0.0)), True
+            base, self.quadratic = np.sqrt(np.maximum(losses, 0.0)), True
         elif prob.loss == HUBER:
             eps = prob.eps
             linear = losses > eps * eps
-            r = np.where(linear, (losses + eps * eps) / (2 * eps), np.sqrt(np.maximum(losses, 0)))
-            self.base, self.quadratic = r, True
+            base = np.where(
+                linear, (losses + eps * eps) / (2 * eps), np.sqrt(np.maximum(losses, 0))
+            )
+            self.quadratic = True
         else:
             lipschitz = math.sqrt(2.0) if prob.loss == MULTINOMIAL else 1.0
-            self.base, self.quadratic = losses, False
-            self.norms = norms * lipschitz
-        self.top_base = float(self.base.max()) if self.base.shape[0] else -np.inf
-        self.top_norm = float(self.norms.max()) if self.norms.shape[0] else 0.0
+            base, self.quadratic = losses, False
+            norms = norms * lipschitz
+        k = _SCREEN_CANDIDATES
+        if base.shape[0] > 2 * k:
+            candidate = np.zeros(base.shape[0], dtype=bool)
+            candidate[np.argpartition(base, -k)[-k:]] = True
+            candidate[np.argpartition(norms, -k)[-k:]] = True
+            rest = ~candidate
+            self.rest = (float(base[rest].max()), float(norms[rest].max()))
+            base, norms = base[candidate], norms[candidate]
+        else:
+            self.rest = (-np.inf, 0.0)
+        self.base, self.norms = base, norms
 
     def _bound(self, base, norm, D):
         value = base + norm * D
         return value * value if self.quadratic else value
 
     def safe(self, u, eta, lam):
-        if not self.base.shape[0]:
-            return True
         D = float(np.linalg.norm(u - self.u0))
         limit = eta - _ENTER * lam
-        if self._bound(self.top_base, self.top_norm, D) < limit:
-            return True
-        return float(np.max(self._bound(self.base, self.norms, D))) < limit
+        if self.rest[0] > -np.inf and not self._bound(*self.rest, D) < limit:
+            return False
+        return (
+            not self.base.shape[0] or float(np.max(self._bound(self.base, self.norms, D))) < limit
+        )
 
 
-def _outside_value(prob, outside):
-    """The terms of the rows left out of a working set: each is its limit
-    ``(lam / rho) log1p(-rho)`` (``-lam`` for ``rho = 0``) to within ``exp(-_ENTER)``."""
-    share = (
-        float(np.sum(prob.weights(outside)))
-        if prob.p.shape[0] > 1
-        else (prob.p[0] * np.count_nonzero(outside))
-    )
+def _outside_value(prob, working):
+    """The terms of the rows left out of the working set (indices into the rows of
+    ``prob``): each is its limit ``(lam / rho) log1p(-rho)`` (``-lam`` for ``rho = 0``)
+    to within ``exp(-_ENTER)``."""
+    if prob.p.shape[0] == 1:
+        share = prob.p[0] * (prob.n_samples - working.shape[0])
+    else:
+        share = max(float(np.sum(prob.p)) - float(np.sum(prob.p[working])), 0.0)
     limit = -prob.lam if prob.rho == 0 else prob.lam / prob.rho * math.log1p(-prob.rho)
     return share * limit
 
 
-def _system(prob, rows, irls=False):
+class _Screens(list):
+    """The screens of the rows left out of a working set, in the groups they left it
+    (each with the point where its losses were taken)."""
+
+    def safe(self, u, eta, lam):
+        return all(screen.safe(u, eta, lam) for screen in self)
+
+
+def _system(prob, rows, irls=False, exact=True):
     """The gradient ``g`` in the standardised coordinates ``(V, b_c)`` (flattened) and the
     Hessian of the joint objective in ``(V, b_c, eta)`` at the current point of ``rows``,
     in one pass over chunks small enough to stay in cache between their products; with
     ``irls``, the Hessian of the weighted loss with the worst case fixed (no eta row),
-    for the certificate."""
+    for the certificate.
+
+    Without ``exact``, on many rows, the (W, b) block of the Hessian is estimated without
+    bias from an importance sample of about ``_SKETCH_SHARE`` of the rows (each kept with
+    probability ``min(1, m a_i / sum a)``, ``a_i`` its curvature, and weighted by the
+    inverse): a Newton step needs the curvature's shape, not every digit, and the rows
+    with the most curvature are always kept. The gradient and the eta terms stay exact.
+
+    With one output and data for which it is safe (``Problem.raw_sums``), the sums run
+    over the raw rows (no standardised copy of them) and are mapped to the standardised
+    coordinates at the end.
+    """
     d, K = prob.X.shape[1], prob.n_outputs
     D = (d + 1) * K
-    g = np.zeros((d + 1, K))
+    n = prob.n_samples
+    m = max(_SKETCH_ROWS * (D + 1), int(_SKETCH_SHARE * n))
+    sketch = not exact and not irls and m < n / 2
+    raw = K == 1 and prob.raw_sums
+    G = np.zeros((d + 1, 2 * K))  # gradient and eta cross terms, in (x, 1) coordinates
     H = np.zeros((d + 1, K, d + 1, K))
-    h = np.zeros((d + 1, K))
     h_eta = 0.0
-    for Z, pc, c, k, dl, ddl in rows.derivatives():
-        A = np.empty((Z.shape[0], K, K))
-        curvature_matrix(prob.loss, pc, c, k, dl, ddl, irls, A)
-        _add_gram(H, Z, A)
+    chunks = list(rows.derivatives(standardised=not (raw or sketch)))
+    if sketch:
+        rng = np.random.default_rng(rows.draws)
+        rows.draws += 1
+        traces = []
+        for _, pc, c, k, dl, ddl, _ in chunks:
+            A = np.empty((pc.shape[0], K, K))
+            curvature_matrix(prob.loss, pc, c, k, dl, ddl, False, A)
+            traces.append((A, np.einsum("ikk->i", A)))
+        total = max(sum(float(np.sum(trace)) for _, trace in traces), 1e-300)
+    for index, (Z, pc, c, k, dl, ddl, chunk) in enumerate(chunks):
+        if sketch:
+            A, trace = traces[index]
+            q = np.minimum(1.0, m * trace / total)
+            kept = np.flatnonzero(rng.random(q.shape[0]) < q)
+            Zk = prob.standardised(np.arange(chunk.start, chunk.stop)[kept])
+            _add_gram(H, Zk, A[kept] / q[kept, None, None])
+        else:
+            A = np.empty((pc.shape[0], K, K))
+            curvature_matrix(prob.loss, pc, c, k, dl, ddl, irls, A)
         pk = pc * k
         columns = np.concatenate(((pc * c)[:, None] * dl, pk[:, None] * dl), axis=1)
-        both = Z.T @ columns
-        g += both[:, :K]
-        h -= both[:, K:]
+        if Z is None:  # raw rows, mapped at the end
+            Xc = chunk_of(prob.X, chunk)
+            G[:d] += np.asarray(Xc.T @ columns)
+            G[d] += columns.sum(axis=0)
+            if not sketch:
+                a = A[:, 0, 0]
+                H[:d, 0, :d, 0] += _gram(Xc, a)
+                border = np.asarray(Xc.T @ a)
+                H[:d, 0, d, 0] += border
+                H[d, 0, :d, 0] += border
+                H[d, 0, d, 0] += float(np.sum(a))
+        else:
+            G += Z.T @ columns
+            if not sketch:
+                _add_gram(H, Z, A)
         h_eta += float(np.sum(pk))
-    s2 = prob.penalty_curvature
+    s, mean = prob.inv_scale, prob.mean
+    if Z is None and chunks:  # from (x, 1) to (s (x - mean), 1)
+        G[:d] = s[:, None] * (G[:d] - mean[:, None] * G[d])
+        if not sketch:
+            Hx = H[:, 0, :, 0]
+            Hx[:d, :] -= np.outer(mean, Hx[d, :])
+            Hx[:, :d] -= np.outer(Hx[:, d], mean)
+            Hx[:d, :] *= s[:, None]
+            Hx[:, :d] *= s[None, :]
+            H[:, 0, :, 0] = Hx
+    g, h = G[:, :K], -G[:, K:]
     if prob.alpha > 0:
         g[:d] += prob.alpha * (rows.w * prob.inv_scale[:, None])
-    H[np.arange(d), :, np.arange(d), :] += s2[:, None, None] * np.eye(K)
+    H[np.arange(d), :, np.arange(d), :] += prob.penalty_curvature[:, None, None] * np.eye(K)
     H = H.reshape(D, D)
     g = g.ravel()
     free = np.ones(D, dtype=bool)
@@ -242,6 +330,13 @@ def _system(prob, rows, irls=False):
     M[:D, D] = M[D, :D] = h.ravel()
     M[D, D] = h_eta
     return g, M, np.append(free, True)
+
+
+def _gram(Xc, a):
+    """``Xc^T diag(a) Xc`` for a dense or CSR chunk."""
+    if sp.issparse(Xc):
+        return (Xc.T @ Xc.multiply(a[:, None])).toarray()
+    return Xc.T @ (Xc * a[:, None])
 
 
 def _add_gram(H, Z, A):
@@ -377,7 +472,7 @@ def _newton_iterations(
     None when a step would leave the working set (``screen``; the step is not taken)."""
     prob = rows.prob
     d, K = prob.X.shape[1], prob.n_outputs
-    previous = None  # (decrement, was a Newton step, predicted, actual decrease)
+    previous = None  # (decrement, Newton step with the exact Hessian, predicted, actual)
 
     def to_model(step):
         du = step.reshape(d + 1, K)
@@ -401,10 +496,13 @@ def _newton_iterations(
         return True, suboptimality, message
 
     while True:
-        model = _Model(*_system(prob, rows))
-        decrement = model.decrement
         # relative to the current objective (it falls by orders of magnitude on the way)
         scale = max(abs(rows.value), floor)
+        # the exact Hessian once the final stage is near its end (quadratic convergence and
+        # the certificate need it), a sketch of it before
+        exact = final and previous is not None and previous[0] <= 1e2 * tol * scale
+        model = _Model(*_system(prob, rows, exact=exact))
+        decrement = model.decrement
         if decrement <= max(tol * scale, stage_tol):
             if not final:
                 return True, decrement / scale, "stage converged"
@@ -449,10 +547,10 @@ def _newton_iterations(
         if screen is not None:
             w_new, b_new, eta0, _, eta1, _ = state
             if not screen.safe(prob.to_standard(w_new, b_new), eta0 + eta1, prob.lam):
-                log.record(rows.value, "step rejected: it leaves the working set")
-                return None, decrement / scale, "the step leaves the working set"
+                rows.unsafe = state  # for the caller to check against all the data
+                return None, decrement / scale, "the step may leave the working set"
         rows.adopt(state)
-        previous = (decrement, newton, predicted, actual)
+        previous = (decrement, newton and exact, predicted, actual)
         log.record(rows.value, lam=prob.lam, step=length, decrement=decrement / scale)
 
 
@@ -460,63 +558,131 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose):
     """Newton's method with continuation in lam and working sets (see the module
     docstring). ``max_iter`` caps the Newton iterations over all stages; ``tol`` is the
     relative suboptimality that the certificate must reach. Returns a
-    :class:`~sklearn_lse._result.SolverResult`."""
+    :class:`~sklearn_lse._result.SolverResult`, whose history holds the objective of
+    each stage's problem (its lam decreasing to ``prob.lam``).
+
+    A working set, once formed, is kept from stage to stage (shrunk as lam falls, the
+    rows it drops screened like the others): the full data are read again only when a
+    step would bring a left-out row near the threshold, to form a wider one."""
     log = Log("newton", verbose)
     n = prob.n_samples
     lam_target = prob.lam
-    current = _Rows(prob, w, b, np.nan)
-    if not math.isfinite(current.value):
+    F = prob.predictions(w, b)
+    losses = np.empty(n)
+    step_losses(prob.loss, F, F, 0.0, prob.y, prob.eps, losses)
+    supported = losses[prob.weights(slice(None)) > 0]
+    # the first stage: at a lam of the losses' spread the worst case is nearly the
+    # empirical distribution, whose threshold is about the mean loss
+    lam = max(lam_target, float(np.max(supported) - np.min(supported)))
+    rows = _Rows(prob.with_lam(lam), w, b, prob.weighted_sum(losses), F=F, losses=losses)
+    if not math.isfinite(rows.value):
         raise ValueError("The objective is not finite at the starting point.")
-    log.start(current.value)
+    log.start(rows.value)
     floor = prob.objective_floor()
-    losses = current.centred[prob.weights(slice(None)) > 0] + current.eta0
-    lam = max(lam_target, float(np.max(losses) - np.min(losses)))
     counter = [0]
     radius = [np.inf]  # in the standardised coefficients, set by the first rejected step
     norms = None
+    working = None  # indices of the working set's rows, None for all of them
+    screens = _Screens()
+    factor = _STAGE_FACTOR
+
+    def form(stage, F, losses, w, b, eta, band, extra=None):
+        """A working set of the rows within ``band`` lam of the threshold (and ``extra``)
+        from the per-sample arrays of all the data, the others screened; None where it
+        would hold most of the rows."""
+        nonlocal norms
+        inside = (losses - eta) > -band * stage.lam
+        if extra is not None:
+            inside |= extra
+        if np.count_nonzero(inside) > _SUBSET_SHARE * n:
+            return None
+        norms = _row_norms(prob) if norms is None else norms
+        working = np.flatnonzero(inside)
+        left = ~inside
+        sub = _Rows(
+            stage.subset(working), w, b, eta, F=F[working], losses=losses[working],
+            outside=_outside_value(stage, working),
+        )  # fmt: skip
+        screen = _Screen(stage, losses[left], norms[left], prob.to_standard(w, b))
+        return working, sub, _Screens([screen])
+
     while True:
         final = lam <= lam_target
         stage = prob.with_lam(lam)
-        if current.prob.lam != lam:
-            current = current.with_lam(stage)
+        stage_start = counter[0]
+        if rows.prob.lam != lam:
+            if working is None:
+                rows = rows.with_lam(stage)
+            else:
+                rows = rows.with_lam(rows.prob.with_lam(lam), _outside_value(stage, working))
         band = _KEEP
         while True:
-            inside = current.weights_above(band)
-            active = np.flatnonzero(inside)
-            subset = active.shape[0] <= _SUBSET_SHARE * n
-            screen = None
-            if subset:
-                norms = _row_norms(prob) if norms is None else norms
-                outside = ~inside
-                screen = _Screen(
-                    stage,
-                    current.centred[outside] + current.eta0,
-                    norms[outside],
-                    prob.to_standard(current.w, current.b),
-                )
-                rows = current.subset(stage.subset(active), active, _outside_value(stage, outside))
-            else:
-                rows = current
+            if working is None:
+                formed = form(stage, rows.F, rows.losses, rows.w, rows.b, rows.eta, band)
+                if formed is not None:
+                    working, rows, screens = formed
+            else:  # shrink the working set as lam falls; the rows it drops are screened
+                inside = rows.weights_above(band)
+                if np.count_nonzero(inside) < 0.5 * inside.shape[0]:
+                    kept = np.flatnonzero(inside)
+                    u = prob.to_standard(rows.w, rows.b)
+                    screens.append(
+                        _Screen(stage, rows.losses[~inside], norms[working[~inside]], u)
+                    )
+                    working = working[kept]
+                    rows = rows.subset(
+                        rows.prob.subset(kept), kept, _outside_value(stage, working)
+                    )
             done, suboptimality, message = _newton_iterations(
                 rows, tol=tol, stage_tol=0.0 if final else _STAGE_TOL * lam, floor=floor,
-                final=final,
-                max_iter=max_iter, counter=counter, log=log, radius=radius, screen=screen,
+                final=final, max_iter=max_iter, counter=counter, log=log, radius=radius,
+                screen=screens if working is not None else None,
             )  # fmt: skip
-            if not subset:
-                current = rows
-                break
-            # the rows left out stayed negligible: the working set's solution is the
-            # full data's (one pass for its objective and eta)
-            current = _Rows(stage, rows.w, rows.b, rows.eta)
             if done is not None or counter[0] >= max_iter:
                 break
-            band *= 2.0  # the step would have left the working set: widen it
+            # The screen could not vouch for the step: check it against all the data (one
+            # pass for the trial's predictions). If no left-out row came near the
+            # threshold, take it and screen from there; else form a working set at the
+            # current point that also holds the rows that would have (a second pass).
+            w_t, b_t, eta0_t, _, eta1_t, _ = rows.unsafe
+            eta_t = eta0_t + eta1_t
+            F_t = prob.predictions(w_t, b_t)
+            losses_t = np.empty(n)
+            step_losses(prob.loss, F_t, F_t, 0.0, prob.y, prob.eps, losses_t)
+            near = (losses_t - eta_t) > -_ENTER * lam
+            near[working] = False
+            if not np.any(near):
+                rows.adopt(rows.unsafe)
+                log.record(rows.value, "step checked against all the data", lam=lam)
+                F, losses, extra = F_t, losses_t, None
+            else:
+                # the working set takes in every row within the band at the trial too,
+                # and the trust region shrinks below the rejected step
+                log.record(rows.value, "step rejected: rows outside the working set", lam=lam)
+                F = prob.predictions(rows.w, rows.b)
+                losses = np.empty(n)
+                step_losses(prob.loss, F, F, 0.0, prob.y, prob.eps, losses)
+                extra = (losses_t - eta_t) > -band * lam
+                length = np.linalg.norm(
+                    prob.to_standard(w_t, b_t) - prob.to_standard(rows.w, rows.b)
+                )
+                radius[0] = min(radius[0], 0.5 * length)
+            w, b, eta = rows.w, rows.b, rows.eta
+            formed = form(stage, F, losses, w, b, eta, band, extra)
+            if formed is None:
+                working, screens = None, _Screens()
+                rows = _Rows(stage, w, b, eta, F=F, losses=losses)
+            else:
+                working, rows, screens = formed
         if final or counter[0] >= max_iter:
             break
-        lam = max(lam / _STAGE_FACTOR, lam_target)
+        # a stage that took a step or two was an easy one: the next can be further away
+        factor = (
+            min(factor * 3, _STAGE_FACTOR**2) if counter[0] - stage_start <= 2 else _STAGE_FACTOR
+        )
+        lam = max(lam / factor, lam_target)
     if not final:
         done = False
         message = f"reached max_iter={max_iter} before the last stage of the lam path"
-    snap = Snapshot(current.w, current.b, current.value, current.eta, current.eta0, current.eta1)
-    log.stop(message)
-    return SolverResult(snap, log.n_iter, bool(done), message, log.history, suboptimality)
+    snap = Snapshot(rows.w, rows.b, rows.value, rows.eta, rows.eta0, rows.eta1)
+    return log.result(snap, done, message, suboptimality)

@@ -104,7 +104,7 @@ def _column_moments(X, p, fit_intercept):
             mean = np.zeros(d)
         var = np.maximum(second - mean * mean, 0.0)
         var[var <= 1e-14 * second] = 0.0
-        return mean * unit, np.sqrt(var) * unit
+        return mean * unit, np.sqrt(var) * unit, top
     top = np.zeros(d)
     for start in range(0, n, _CHUNK):
         top = np.maximum(top, np.abs(rows64(X, slice(start, start + _CHUNK))).max(axis=0))
@@ -121,7 +121,7 @@ def _column_moments(X, p, fit_intercept):
         var += np.einsum("ij,ij,i->j", centred, centred, row_weights(p, rows, n))
     scale = np.sqrt(var)
     scale[scale <= 1e-12 * (1.0 + np.abs(mean))] = 0.0
-    return mean * unit, scale * unit
+    return mean * unit, scale * unit, top
 
 
 @dataclass
@@ -148,12 +148,25 @@ class Problem:
     # (sum_i a_i, sum_i p_i k_i) at the last Hessian: the normalisers of the sketch's
     # sampling probabilities (see sklearn_lse._curvature)
     curvature_totals: tuple = None
+    # whether sums over the raw rows may be mapped to the standardised coordinates
+    raw_sums: bool = True
 
     @classmethod
     def build(cls, X, y, p, *, n_outputs, loss, eps, lam, rho, alpha, fit_intercept):
-        mean, scale = _column_moments(X, p, fit_intercept)
+        mean, scale, top = _column_moments(X, p, fit_intercept)
         inv_scale = 1.0 / np.where(scale > 0.0, scale, 1.0)
-        return cls(X, y, p, n_outputs, loss, eps, lam, rho, alpha, fit_intercept, mean, inv_scale)
+        # sums over the raw rows, mapped to the standardised coordinates afterwards, are
+        # safe where the squares of the data neither overflow nor underflow and the means
+        # are within 1e4 standard deviations of zero (the map's rounding is then below 1e-8)
+        sizes = top[top > 0]
+        raw = (
+            bool(np.all((sizes >= 1e-100) & (sizes <= 1e100)))
+            and float(np.max(np.abs(mean) * inv_scale, initial=0.0)) <= 1e4
+        )
+        return cls(
+            X, y, p, n_outputs, loss, eps, lam, rho, alpha, fit_intercept, mean, inv_scale,
+            raw_sums=raw,
+        )  # fmt: skip
 
     def with_lam(self, lam):
         """The same problem at another temperature."""
@@ -282,11 +295,25 @@ def least_squares_start(prob):
         return np.zeros((d, 1)), np.array([y_mean])
     gram = np.zeros((d + 1, d + 1))
     moment = np.zeros(d + 1)
+    s, m = prob.inv_scale, prob.mean
+    raw = prob.raw_sums  # else over standardised copies of the chunks
     for rows in prob.chunks():
-        Z = prob.standardised(rows)
-        pZ = Z * prob.weights(rows)[:, None]
-        gram += Z.T @ pZ
-        moment += pZ.T @ prob.y[rows]
+        Z = rows64(X, rows) if raw else prob.standardised(rows)[:, :d]
+        p = prob.weights(rows)
+        pZ = Z * p[:, None]
+        gram[:d, :d] += Z.T @ pZ
+        column = pZ.sum(axis=0)
+        gram[:d, d] += column
+        gram[d, d] += p.sum()
+        moment[:d] += pZ.T @ prob.y[rows]
+        moment[d] += p @ prob.y[rows]
+    gram[d, :d] = gram[:d, d]
+    if raw:
+        gram[:d, :] -= np.outer(m, gram[d, :])
+        gram[:, :d] -= np.outer(gram[:, d], m)
+        gram[:d, :] *= s[:, None]
+        gram[:, :d] *= s[None, :]
+        moment[:d] = s * (moment[:d] - m * moment[d])
     gram[:d, :d] += np.diag(0.5 * prob.penalty_curvature)
     if not prob.fit_intercept:
         gram, moment = gram[:d, :d], moment[:d]

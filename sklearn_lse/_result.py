@@ -1,5 +1,6 @@
 """What every solver returns, and how a fit reports on it (verbose lines, warnings)."""
 
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ class SolverResult:
     message: str
     history: list = field(default_factory=list)
     suboptimality: float = np.nan
+    times: list = field(default_factory=list)  # seconds from the start, per history entry
 
 
 class Log:
@@ -36,6 +38,8 @@ class Log:
         self.solver = solver
         self.verbose = bool(verbose)
         self.history = []
+        self.times = []
+        self._start = time.perf_counter()
 
     @property
     def n_iter(self):
@@ -43,9 +47,11 @@ class Log:
 
     def start(self, objective):
         self.history.append(float(objective))
+        self.times.append(time.perf_counter() - self._start)
 
     def record(self, objective, note="", **values):
         self.history.append(float(objective))
+        self.times.append(time.perf_counter() - self._start)
         if self.verbose:
             details = ", ".join(f"{name}={value:.3g}" for name, value in values.items())
             print(
@@ -54,6 +60,14 @@ class Log:
                 + (f" ({note})" if note else ""),
                 flush=True,
             )
+
+    def result(self, snapshot, converged, message, suboptimality=np.nan):
+        """The :class:`SolverResult` of the run, which ends here (its closing line)."""
+        self.stop(message)
+        return SolverResult(
+            snapshot, self.n_iter, bool(converged), message, self.history,
+            float(suboptimality), self.times,
+        )  # fmt: skip
 
     def stop(self, message):
         if self.verbose:

@@ -12,7 +12,7 @@ from ._curvature import MIN_DAMPING, Preconditioner, uses_arrow_hessian
 from ._kernels import relaxed_value, svrg_epoch, systematic_draws
 from ._newton import polish
 from ._objective import Snapshot, losses_of, snapshot
-from ._result import Log, SolverResult
+from ._result import Log
 
 
 def fit_sgd(
@@ -105,7 +105,12 @@ def fit_sgd(
                 if kappa < 1e-12:
                     # No step improves on the snapshot: optimal to rounding if the
                     # certificate agrees, otherwise the data defeat the method (warn).
-                    return _finish(prob, snap, tol, log, "no step lowers the objective")
+                    polished, converged, suboptimality, message = polish(
+                        prob, snap.w, snap.b, snap.eta, tol=tol, log=log
+                    )
+                    if not converged:
+                        message = f"no step lowers the objective; {message}"
+                    return log.result(polished, converged, message, suboptimality)
                 continue
             new_cur = Preconditioner(prob, new, damping, rng, batch_size)
         accepted += 1
@@ -130,32 +135,16 @@ def fit_sgd(
             stall >= n_iter_no_change and cur.decrement_undamped <= 100 * tol * scale
         ):
             if arrow:  # no Hessian to certify with: the decrement's estimate
-                message = f"converged: Newton decrement {cur.decrement_undamped / scale:.2g}"
-                log.stop(message)
-                return SolverResult(
-                    snap, log.n_iter, True, message, log.history, cur.decrement_undamped / scale
-                )
-            result = _finish(prob, snap, tol, log, "")
-            if result.converged:
-                return result
+                decrement = cur.decrement_undamped / scale
+                message = f"converged: Newton decrement {decrement:.2g}"
+                return log.result(snap, True, message, decrement)
+            polished, converged, suboptimality, message = polish(
+                prob, snap.w, snap.b, snap.eta, tol=tol, log=log
+            )
+            if converged:
+                return log.result(polished, True, message, suboptimality)
             stall = 0
-    message = f"reached max_iter={max_iter}"
-    log.stop(message)
-    return SolverResult(snap, log.n_iter, False, message, log.history)
-
-
-def _finish(prob, snap, tol, log, reason):
-    """Certify the epochs' point by :func:`sklearn_lse._newton.polish` (Newton steps from
-    it, a few passes)."""
-    polished, converged, suboptimality, message = polish(
-        prob, snap.w, snap.b, snap.eta, tol=tol, log=log
-    )
-    if converged:
-        log.stop(message)
-    elif reason:
-        message = f"{reason}; {message}"
-        log.stop(message)
-    return SolverResult(polished, log.n_iter, converged, message, log.history, suboptimality)
+    return log.result(snap, False, f"reached max_iter={max_iter}")
 
 
 def _kernel_predictions(snap):
