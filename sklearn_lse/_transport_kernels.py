@@ -30,6 +30,8 @@ EUCLIDEAN = 1
 CITYBLOCK = 2
 PRECOMPUTED = 3  # any other metric, or a callable: the cost matrix is passed in
 
+BLOCK = 32  # consecutive rows that share their sampled columns
+
 METRIC_CODES = {"sqeuclidean": SQEUCLIDEAN, "euclidean": EUCLIDEAN, "cityblock": CITYBLOCK}
 
 
@@ -73,7 +75,9 @@ def pair_cost(code, X, i, Y, j, C, transposed):
 def sampled_step(code, X, Y, C, transposed, w, f, g, J, eps, rho, h, stats):
     """One stochastic half-step on the potentials ``f`` of the rows (X, weights ``w``).
 
-    Row ``i`` gets the targets ``J[i, :]``, drawn from the target weights, so that the
+    Row ``i`` gets the targets ``J[i // BLOCK, :]``, drawn from the target weights (the
+    rows of a block of ``BLOCK`` consecutive rows share their draws, which keeps those
+    targets in cache; each row's draws are still a sample of the target weights), so that the
     mean ``r_hat_i`` of their ``s_ij`` is an unbiased estimate of the row mass ``r_i``
     and ``1 - r_hat_i`` one of the gradient (over ``a_i``). The step is preconditioned by
     the curvature, ``f_i += eps * (1 - r_hat_i) / H_i`` with ``H_i = max(h_i, 1)`` and
@@ -84,7 +88,8 @@ def sampled_step(code, X, Y, C, transposed, w, f, g, J, eps, rho, h, stats):
     ``stats[0]`` and its sampling variance ``sum_i w_i var(r_hat_i) / H_i`` to
     ``stats[1]``.
     """
-    n, K = J.shape
+    n = X.shape[0]
+    K = J.shape[1]
     inv = 1.0 / eps
     log_rho = math.log(rho)
     dec = 0.0
@@ -94,7 +99,7 @@ def sampled_step(code, X, Y, C, transposed, w, f, g, J, eps, rho, h, stats):
         r2 = 0.0
         fi = f[i] * inv + log_rho
         for k in range(K):
-            j = J[i, k]
+            j = J[i // BLOCK, k]
             s = sigmoid(fi + (g[j] - pair_cost(code, X, i, Y, j, C, transposed)) * inv) / rho
             r += s
             r2 += s * s
@@ -136,18 +141,19 @@ def exact_step(code, X, Y, C, transposed, w, wt, f, g, eps, rho, h, stats):
 
 @njit(**_NJIT)
 def sampled_c_transform(code, X, Y, C, transposed, g, J, eps, f):
-    """Start of a temperature stage: ``f_i = -eps log mean_k exp((g_j - C_ij) / eps)`` over
-    the sampled targets ``J[i, :]`` (a biased estimate of the c-transform, only used as
+    """Start of the annealing: ``f_i = -eps log mean_k exp((g_j - C_ij) / eps)`` over
+    the sampled targets ``J[i // BLOCK, :]`` (a biased estimate of the c-transform, only used as
     the starting point of the unbiased steps), shifted by the largest term."""
-    n, K = J.shape
+    n = X.shape[0]
+    K = J.shape[1]
     for i in range(n):
         top = -np.inf
         for k in range(K):
-            j = J[i, k]
+            j = J[i // BLOCK, k]
             top = max(top, (g[j] - pair_cost(code, X, i, Y, j, C, transposed)) / eps)
         s = 0.0
         for k in range(K):
-            j = J[i, k]
+            j = J[i // BLOCK, k]
             s += math.exp((g[j] - pair_cost(code, X, i, Y, j, C, transposed)) / eps - top)
         f[i] = -eps * (top + math.log(s / K))
 
