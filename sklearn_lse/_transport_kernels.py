@@ -13,9 +13,10 @@ its gradient in ``f_i`` is ``a_i (1 - r_i)`` with the row mass ``r_i = sum_j b_j
 its curvature in ``f_i`` is ``a_i / eps`` times ``sum_j b_j s_ij (1 - rho s_ij) <= r_i``.
 
 The costs are computed on the fly from the points for the metric codes below (no n x m
-matrix), or read from a precomputed matrix (``PRECOMPUTED``). The overflow-free softplus
-and sigmoid are copies of those of :mod:`sklearn_lse.risk`: a cached kernel must only call
-jitted functions of its own file (Numba's cache does not notice edits to other files).
+matrix), or read from a precomputed matrix (``PRECOMPUTED``). The overflow-free sigmoid is
+a copy of that of :mod:`sklearn_lse.risk` (and :func:`evaluate` inlines the softplus): a
+cached kernel must only call jitted functions of its own file (Numba's cache does not
+notice edits to other files).
 """
 
 import math
@@ -33,14 +34,6 @@ PRECOMPUTED = 3  # any other metric, or a callable: the cost matrix is passed in
 BLOCK = 32  # consecutive rows that share their sampled columns
 
 METRIC_CODES = {"sqeuclidean": SQEUCLIDEAN, "euclidean": EUCLIDEAN, "cityblock": CITYBLOCK}
-
-
-@njit(**_NJIT)
-def softplus(x):
-    """``log(1 + exp(x))`` without overflow for any finite ``x``."""
-    if x > 0.0:
-        return x + math.log1p(math.exp(-x))
-    return math.log1p(math.exp(x))
 
 
 @njit(**_NJIT)
@@ -250,11 +243,14 @@ def evaluate(code, X, Y, C, a, b, f, g, eps, rho, row, col):
         for j in range(Y.shape[0]):
             c = pair_cost(code, X, i, Y, j, C, False)
             z = fi + (g[j] - c) * inv
-            s = sigmoid(z) / rho
-            bs = b[j] * s
+            # sigmoid and softplus from one exponential, without overflow
+            e = math.exp(-abs(z))
+            sig = 1.0 / (1.0 + e) if z >= 0.0 else e / (1.0 + e)
+            bs = b[j] * sig / rho
             r += bs
             rc += bs * c
-            rs += b[j] * softplus(z) / rho
+            rs += b[j] * (max(z, 0.0) + math.log1p(e)) / rho
+            s = sig / rho
             col[j] += a[i] * s
         row[i] = r
         cost += a[i] * rc
