@@ -28,6 +28,7 @@ of O(n^2) iterations there (hours on 2 cores).
 
 import argparse
 import math
+import sys
 import time
 import warnings
 
@@ -209,6 +210,7 @@ def main(argv=None):
                 (abs(v - exact) / abs(exact) for _, _, v in stoch if v is not None),
                 default=None,
             )
+            print(f"done: n={n} d={d} rel={rel:g}", file=sys.stderr, flush=True)
             summary.append(
                 f"{tag} {ref_iter} ({ref_err:.0e}) | {default[1]:.3f} | "
                 f"{relative(default[2], exact)} | {ratio} | "

@@ -46,18 +46,20 @@ COLD_AFTER = 3.0
 
 # DROClassifier runs with the library's defaults (solver="sgd") unless --solver says
 # otherwise. On this small problem (600 training rows per fold, 65 x 10 = 650
-# coefficients) the default is about 10 times slower than solver="lbfgs" for the same
+# coefficients) the default is 7-10 times slower than solver="lbfgs" for the same
 # optimum (the fitted risks agree to 5 digits, and the tables come out the same): each of
 # its epochs eigendecomposes the exact 650 x 650 Hessian, which costs more than the
 # passes over 600 rows, where L-BFGS needs gradients only. Measured on 2 shared cores
 # with a warm Numba cache: the whole demo takes 235 s with the default (231 s of it in
-# the DROClassifier grid searches) against 24 s with --solver lbfgs (22 s).
+# the DROClassifier grid searches; 176 s and 174 s after the solver rewrite of
+# 2026-12-01, still spent in the eigendecompositions) against 24 s with --solver lbfgs
+# (22 s).
 # SLOW_SOLVER_NOTE says so in the output.
 SLOW_SOLVER_NOTE = (
     "Note: DROClassifier ran its default solver, 'sgd', whose epochs each eigendecompose "
     "the exact Hessian (650 x 650 here: 65 coefficients x 10 classes); on 600 rows that "
-    "costs more than the data passes, and solver='lbfgs' reaches the same optimum about "
-    "10 times faster on data this small (python -m sklearn_lse --solver lbfgs)."
+    "costs more than the data passes, and solver='lbfgs' reaches the same optimum 7-10 "
+    "times faster on data this small (python -m sklearn_lse --solver lbfgs)."
 )
 
 

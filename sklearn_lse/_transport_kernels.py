@@ -13,9 +13,10 @@ its gradient in ``f_i`` is ``a_i (1 - r_i)`` with the row mass ``r_i = sum_j b_j
 its curvature in ``f_i`` is ``a_i / eps`` times ``sum_j b_j s_ij (1 - rho s_ij) <= r_i``.
 
 The costs are computed on the fly from the points for the metric codes below (no n x m
-matrix), or read from a precomputed matrix (``PRECOMPUTED``). The overflow-free softplus
-and sigmoid are copies of those of :mod:`sklearn_lse.risk`: a cached kernel must only call
-jitted functions of its own file (Numba's cache does not notice edits to other files).
+matrix), or read from a precomputed matrix (``PRECOMPUTED``). The overflow-free sigmoid is
+a copy of that of :mod:`sklearn_lse.risk` (and :func:`evaluate` inlines the softplus): a
+cached kernel must only call jitted functions of its own file (Numba's cache does not
+notice edits to other files).
 """
 
 import math
@@ -30,15 +31,9 @@ EUCLIDEAN = 1
 CITYBLOCK = 2
 PRECOMPUTED = 3  # any other metric, or a callable: the cost matrix is passed in
 
+BLOCK = 32  # consecutive rows that share their sampled columns
+
 METRIC_CODES = {"sqeuclidean": SQEUCLIDEAN, "euclidean": EUCLIDEAN, "cityblock": CITYBLOCK}
-
-
-@njit(**_NJIT)
-def softplus(x):
-    """``log(1 + exp(x))`` without overflow for any finite ``x``."""
-    if x > 0.0:
-        return x + math.log1p(math.exp(-x))
-    return math.log1p(math.exp(x))
 
 
 @njit(**_NJIT)
@@ -73,7 +68,9 @@ def pair_cost(code, X, i, Y, j, C, transposed):
 def sampled_step(code, X, Y, C, transposed, w, f, g, J, eps, rho, h, stats):
     """One stochastic half-step on the potentials ``f`` of the rows (X, weights ``w``).
 
-    Row ``i`` gets the targets ``J[i, :]``, drawn from the target weights, so that the
+    Row ``i`` gets the targets ``J[i // BLOCK, :]``, drawn from the target weights (the
+    rows of a block of ``BLOCK`` consecutive rows share their draws, which keeps those
+    targets in cache; each row's draws are still a sample of the target weights), so that the
     mean ``r_hat_i`` of their ``s_ij`` is an unbiased estimate of the row mass ``r_i``
     and ``1 - r_hat_i`` one of the gradient (over ``a_i``). The step is preconditioned by
     the curvature, ``f_i += eps * (1 - r_hat_i) / H_i`` with ``H_i = max(h_i, 1)`` and
@@ -84,7 +81,8 @@ def sampled_step(code, X, Y, C, transposed, w, f, g, J, eps, rho, h, stats):
     ``stats[0]`` and its sampling variance ``sum_i w_i var(r_hat_i) / H_i`` to
     ``stats[1]``.
     """
-    n, K = J.shape
+    n = X.shape[0]
+    K = J.shape[1]
     inv = 1.0 / eps
     log_rho = math.log(rho)
     dec = 0.0
@@ -94,7 +92,7 @@ def sampled_step(code, X, Y, C, transposed, w, f, g, J, eps, rho, h, stats):
         r2 = 0.0
         fi = f[i] * inv + log_rho
         for k in range(K):
-            j = J[i, k]
+            j = J[i // BLOCK, k]
             s = sigmoid(fi + (g[j] - pair_cost(code, X, i, Y, j, C, transposed)) * inv) / rho
             r += s
             r2 += s * s
@@ -136,18 +134,19 @@ def exact_step(code, X, Y, C, transposed, w, wt, f, g, eps, rho, h, stats):
 
 @njit(**_NJIT)
 def sampled_c_transform(code, X, Y, C, transposed, g, J, eps, f):
-    """Start of a temperature stage: ``f_i = -eps log mean_k exp((g_j - C_ij) / eps)`` over
-    the sampled targets ``J[i, :]`` (a biased estimate of the c-transform, only used as
+    """Start of the annealing: ``f_i = -eps log mean_k exp((g_j - C_ij) / eps)`` over
+    the sampled targets ``J[i // BLOCK, :]`` (a biased estimate of the c-transform, only used as
     the starting point of the unbiased steps), shifted by the largest term."""
-    n, K = J.shape
+    n = X.shape[0]
+    K = J.shape[1]
     for i in range(n):
         top = -np.inf
         for k in range(K):
-            j = J[i, k]
+            j = J[i // BLOCK, k]
             top = max(top, (g[j] - pair_cost(code, X, i, Y, j, C, transposed)) / eps)
         s = 0.0
         for k in range(K):
-            j = J[i, k]
+            j = J[i // BLOCK, k]
             s += math.exp((g[j] - pair_cost(code, X, i, Y, j, C, transposed)) / eps - top)
         f[i] = -eps * (top + math.log(s / K))
 
@@ -244,11 +243,14 @@ def evaluate(code, X, Y, C, a, b, f, g, eps, rho, row, col):
         for j in range(Y.shape[0]):
             c = pair_cost(code, X, i, Y, j, C, False)
             z = fi + (g[j] - c) * inv
-            s = sigmoid(z) / rho
-            bs = b[j] * s
+            # sigmoid and softplus from one exponential, without overflow
+            e = math.exp(-abs(z))
+            sig = 1.0 / (1.0 + e) if z >= 0.0 else e / (1.0 + e)
+            bs = b[j] * sig / rho
             r += bs
             rc += bs * c
-            rs += b[j] * softplus(z) / rho
+            rs += b[j] * (max(z, 0.0) + math.log1p(e)) / rho
+            s = sig / rho
             col[j] += a[i] * s
         row[i] = r
         cost += a[i] * rc

@@ -85,7 +85,9 @@ def solve_relaxed_dual(code, Xs, Xt, C, a, b, *, eps, rho, tol, max_iter, rng, v
       iterations each; at large temperatures the plan is diffuse and few draws suffice),
       and the potentials are carried over;
     * ``K`` starts at 16 and doubles whenever the sampling variance of the steps exceeds
-      half of their size (the norm test of adaptive sample sizes); once ``K`` reaches half
+      a quarter of their squared size (a norm test of adaptive sample sizes: at the noise
+      floor, the iterate carries the previous step's noise and the squared steps are
+      twice the variance); once ``K`` reaches half
       of the other side's size, the steps use exact row masses (no noise);
     * at ``eps``, the iterations stop when the Newton decrement of the dual (an estimate
       of the suboptimality of its value, sampling noise included) is below
@@ -101,7 +103,11 @@ def solve_relaxed_dual(code, Xs, Xt, C, a, b, *, eps, rho, tol, max_iter, rng, v
         temps.append(2.0 * temps[-1])
     temps.reverse()
     K = _FIRST_DRAWS
-    kern.sampled_c_transform(code, Xs, Xt, C, False, g, draw_t((n, K)), temps[0], f)
+
+    def blocks(size):
+        return -(-size // kern.BLOCK)
+
+    kern.sampled_c_transform(code, Xs, Xt, C, False, g, draw_t((blocks(n), K)), temps[0], f)
     n_iter, converged, start = 0, False, time.perf_counter()
     for e in temps:
         final = e == eps
@@ -111,17 +117,19 @@ def solve_relaxed_dual(code, Xs, Xt, C, a, b, *, eps, rho, tol, max_iter, rng, v
                 kern.exact_step(code, Xs, Xt, C, False, a, b, f, g, e, rho, hf, stats)
             else:
                 kern.sampled_step(
-                    code, Xs, Xt, C, False, a, f, g, draw_t((n, K)), e, rho, hf, stats
+                    code, Xs, Xt, C, False, a, f, g, draw_t((blocks(n), K)), e, rho, hf, stats
                 )
             if 2 * K >= n:
                 kern.exact_step(code, Xt, Xs, C, True, b, a, g, f, e, rho, hg, stats)
             else:
                 kern.sampled_step(
-                    code, Xt, Xs, C, True, b, g, f, draw_s((m, K)), e, rho, hg, stats
+                    code, Xt, Xs, C, True, b, g, f, draw_s((blocks(m), K)), e, rho, hg, stats
                 )
             n_iter += 1
             decrement, noise = 0.5 * e * stats[0], 0.5 * e * stats[1]
-            if noise > 0.5 * decrement and 2 * K < max(n, m):
+            # at the noise floor of steps of size 1 (in units of the curvature), the
+            # iterate carries the previous step's noise: decrement ~ 2 x noise
+            if noise > 0.25 * decrement and 2 * K < max(n, m):
                 K *= 2
             scale = max(abs(a @ f + b @ g), e)
             if verbose:
