@@ -222,10 +222,12 @@ class DROLinearModel(BaseEstimator):
             "batch_size": self._batch_size(prob),
             "learning_rate": self.learning_rate,
         }
-        # The products of a fit with few coefficients are small (a chunk of rows by D
-        # columns): BLAS threads cost more in synchronisation than they gain there, and
-        # much more on a loaded machine (spinning threads starve each other)
-        limits = threadpool_limits(limits=1, user_api="blas") if prob.dim <= 256 else None
+        # BLAS runs single-threaded in a fit: its products are a chunk of rows by D
+        # columns, where threads cost more in synchronisation than they gain, and on a
+        # loaded machine (or under GridSearchCV's n_jobs) spinning BLAS threads starve
+        # each other (an eigendecomposition of size 651 measured 25 times slower with two
+        # threads than with one on a busy 2-core machine). Parallelism comes from n_jobs.
+        limits = threadpool_limits(limits=1, user_api="blas")
         try:
             result = solver.fit(
                 prob,
@@ -237,8 +239,7 @@ class DROLinearModel(BaseEstimator):
                 **{key: options[key] for key in solver.options},
             )
         finally:
-            if limits is not None:
-                limits.restore_original_limits()
+            limits.restore_original_limits()
         return name, result
 
     def _commit(self, attributes):

@@ -340,16 +340,15 @@ def _gram(Xc, a):
 
 
 def _add_gram(H, Z, A):
-    """``H += sum_i (z_i z_i^T) kron A_i`` (H of shape (d + 1, K, d + 1, K))."""
+    """``H += sum_i (z_i z_i^T) kron A_i`` (H of shape (d + 1, K, d + 1, K), ``A_i``
+    symmetric): one weighted Gram matrix per pair of outputs."""
     K = A.shape[1]
-    if K == 1:
-        H[:, 0, :, 0] += Z.T @ (Z * A[:, 0, 0][:, None])
-        return
-    step = int(max(64, 2**21 // (Z.shape[1] * K * K)))
-    for start in range(0, Z.shape[0], step):
-        Z_, A_ = Z[start : start + step], A[start : start + step]
-        ZA = (Z_[:, :, None, None] * A_[:, None, :, :]).reshape(Z_.shape[0], -1)
-        H += (Z_.T @ ZA).reshape(Z.shape[1], Z.shape[1], K, K).transpose(0, 2, 1, 3)
+    for a in range(K):
+        for b in range(a, K):
+            block = Z.T @ (Z * A[:, a, b][:, None])
+            H[:, a, :, b] += block
+            if b != a:
+                H[:, b, :, a] += block.T
 
 
 def _solve(M, rhs, free):
