@@ -13,6 +13,7 @@ from .metrics import make_robust_scorer, robust_risk_score, worst_class_recall_s
 from .regression import DRORegressor
 from .risk import (
     gradient_factors,
+    kl_ball_risk,
     kl_dro_risk,
     optimal_eta,
     relaxation_offset,
@@ -28,6 +29,7 @@ __all__ = [
     "DRORegressor",
     "EntropicTransport",
     "gradient_factors",
+    "kl_ball_risk",
     "kl_dro_risk",
     "make_robust_scorer",
     "optimal_eta",

@@ -8,6 +8,8 @@ and nowhere else. The estimators see the solvers only through
 
 import contextlib
 import copy
+import dataclasses
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -19,15 +21,19 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from . import risk
+from ._ball import fit_ball
 from ._curvature import uses_arrow_hessian
-from ._objective import losses_of, snapshot
+from ._kernels import exact_risk, step_losses
+from ._objective import factors, losses_of, snapshot
 from ._problem import Problem, least_squares_start
 from ._registry import LOSSES, SOLVER_NAMES, SOLVERS, choose_solver
-from ._result import warn_not_converged
+from ._result import Log, warn_not_converged
 from ._sgd import stochastic_newton_step
 
 __all__ = [
+    "DOCS",
     "DROLinearModel",
+    "RelaxationWarning",
     "FLOAT_DTYPES",
     "Interval",
     "StrOptions",
@@ -37,7 +43,135 @@ __all__ = [
     "loss_code",
     "losses_of",
     "target_scale",
+    "with_docs",
 ]
+
+# the KL budget (nats) when neither lam nor radius is given
+DEFAULT_RADIUS = 0.1
+# rho="auto": the first density cap tried (and partial_fit's)
+_AUTO_RHO = 1e-3
+
+
+# Parameter and attribute descriptions shared by the estimators' docstrings (each puts
+# them in place of its {robustness}, {solver} and {attributes} fields)
+DOCS = {
+    "robustness": """radius : float or None, default=None
+        KL budget, in nats: the model minimises the worst expected loss over the
+        distributions within this divergence of the empirical one (the KL-ball form of
+        DRO). It does not depend on the units of the loss or of ``y``. ``radius=0`` is
+        ERM; for intuition, a radius of 0.1 lets the worst case count a subpopulation of
+        10% of the samples as about 25%, and 0.5 as about 50%. When neither ``radius`` nor
+        ``lam`` is set, the radius is 0.1. The temperature it implies is ``lam_``.
+    lam : float or None, default=None
+        Temperature ``lam > 0``, in the units of the loss, for the penalised form
+        ``R_lam`` instead of the ball (set ``radius`` or ``lam``, not both): the worst
+        case is penalised by ``lam`` times its divergence from the data. Smaller is more
+        robust; ``lam -> inf`` is ERM. A ``lam`` that suits one scale of ``y`` does not
+        suit another; the radius does.
+    rho : float or "auto", default="auto"
+        Density cap ``0 <= rho < 1`` of the softplus relaxation: no sample is up-weighted
+        more than ``1 / rho`` times; ``rho=0`` is the exact KL-DRO risk (solvers
+        ``"newton"`` and ``"lbfgs"``). ``"auto"`` fits with ``rho=1e-3`` and checks what
+        the cap did: when the exact risk of the solution exceeds the relaxed one by more
+        than ``10 * tol`` (relative), it fits again, warm-started, at ``rho=0`` (or, for
+        ``"sgd"``, warns); ``rho_`` is the one used. With small ``lam`` or a large radius,
+        a fixed ``rho`` makes the model minimise about the mean of the worst
+        ``rho``-fraction of the losses (CVaR).""",
+    "solver": """solver : {"auto", "newton", "lbfgs", "sgd"}, default="auto"
+        ``"newton"``: full-batch trust-region Newton on the relaxed objective with eta
+        eliminated, following the path of decreasing ``lam`` from the empirical risk
+        (continuation) and iterating on the samples that carry the worst case (working
+        sets, screened so that the others provably stay negligible); it certifies its
+        result (a duality gap, or quadratic convergence observed). ``"lbfgs"``: L-BFGS on
+        the same objective, its result certified by at most ten Newton steps.
+        ``"sgd"``: the stochastic method of Gladin et al. (unbiased per-sample gradients
+        of the relaxation in a Numba kernel, with SVRG variance reduction, importance
+        sampling and steps preconditioned by each epoch's Hessian), for data with many
+        coefficients. ``"auto"`` is ``"newton"`` up to 1024 coefficients (dense data, or
+        sparse data with up to 1024 columns) and ``"sgd"`` beyond (``"lbfgs"`` for
+        ``rho=0``).
+    max_iter : int, default=1000
+        Maximum number of iterations (``"newton"``: trust-region steps over all stages;
+        ``"sgd"``: epochs).
+    tol : float, default=1e-6
+        Relative suboptimality at which a fit stops: the objective is then within about
+        ``tol`` (and by the tests within ``10 * tol``) of its optimum. Below this tolerance
+        the solver must certify the point: by the duality gap of the weighted problem
+        (exact for the squared error) or, for ``"newton"``, by a full Newton step whose
+        decrease matches the quadratic model, followed by a fourfold smaller decrement.
+        A fit that cannot certify its point warns with ``ConvergenceWarning``.
+    n_iter_no_change : int, default=5
+        Number of epochs without progress before ``"sgd"`` checks its point.
+    batch_size : int or "auto", default="auto"
+        Samples per stochastic step (``"sgd"``). ``"auto"`` is ``4 * (n_features + 2)``
+        (times the classes), which keeps the preconditioned steps stable and the cost of
+        the preconditioner below that of the gradients; for sparse data with more than
+        1024 features, about ``4 * n_features / (non-zeros per row)``.
+    learning_rate : "auto" or float, default="auto"
+        Largest multiplier of the preconditioned step of ``"sgd"`` (``"auto"``: 1.0, a
+        Newton step, adapted from epoch to epoch). For :meth:`partial_fit`, a number
+        multiplies the step of each block.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the sampling of ``"sgd"`` (``"newton"`` and ``"lbfgs"`` are
+        deterministic).
+    warm_start : bool, default=False
+        Start from the previous solution when refitting.
+    verbose : int, default=0
+        Print one line per iteration (objective, step, decrement) and a final line saying
+        why the solver stopped.""",
+    "attributes": """eta_ : float
+        Threshold of the relaxation at the solution, in loss units: samples with loss
+        well above ``eta_ + lam_ * log(1 / rho_)`` get the full weight ``1 / rho_``, those
+        well below it almost none. For ``rho_=0`` it equals the exact risk ``R_lam_``.
+    risk_ : float
+        Training objective reached: the (relaxed) robust risk plus the penalty; for the
+        ball form, the worst expected loss over the ball.
+    exact_risk_ : float
+        The exact KL-DRO risk of the fitted model (with the KL divergence instead of the
+        relaxed one, and the penalty), on the training data: at least ``risk_``; the two
+        agree to ``10 * tol`` unless a fixed ``rho`` caps the worst case.
+    lam_ : float
+        The temperature of the solution: ``lam``, or for the ball form the one the
+        radius implies (``inf`` for ``radius=0``).
+    rho_ : float
+        The density cap used (see ``rho="auto"``).
+    cap_mass_ : float
+        Share of the worst case's probability mass on samples up-weighted to (99% of)
+        the cap ``1 / rho_``: near 0 when the cap does not bind.
+    effective_sample_size_ : float
+        ``1 / sum_i q_i^2`` of the worst case ``q`` on the training data: how many samples
+        the robust objective leans on (``n_samples`` for uniform weights).
+    objective_curve_ : ndarray of shape (n_iter_ + 1,)
+        The objective at the start and after every iteration, for plotting a fit's
+        progress. For ``"newton"`` the first entries belong to the stages of the lam path
+        (larger temperatures); for the ball form, to the fit at the final temperature.
+    duality_gap_ : float
+        The solver's bound (or, where marked in ``verbose``, estimate) of the relative
+        suboptimality of the solution.
+    solver_ : str
+        The solver that ran (``solver="auto"`` resolved).
+    n_iter_ : int
+        Number of iterations run (over all stages, temperatures and values of rho).
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of the features seen during fit, when X has string column names.""",
+}
+
+
+def with_docs(cls):
+    """Put the shared descriptions in place of the docstring's fields."""
+    doc = cls.__doc__
+    for field, text in DOCS.items():
+        doc = doc.replace("{" + field + "}", text)
+    cls.__doc__ = doc
+    return cls
+
+
+class RelaxationWarning(UserWarning):
+    """The density cap of the relaxation moves the solution's exact KL-DRO risk by more
+    than the tolerance."""
+
 
 # float32 data are trained in float32 storage (no float64 copy of X), with float64
 # accumulation; anything else is converted to float64
@@ -90,8 +224,9 @@ class DROLinearModel(BaseEstimator):
     """Common machinery of the KL-DRO linear models (not for direct use)."""
 
     _parameter_constraints = {
-        "lam": [Interval(Real, 0, None, closed="neither")],
-        "rho": [Interval(Real, 0, 1, closed="left")],
+        "lam": [Interval(Real, 0, None, closed="neither"), None],
+        "radius": [Interval(Real, 0, None, closed="left"), None],
+        "rho": [Interval(Real, 0, 1, closed="left"), StrOptions({"auto"})],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "fit_intercept": ["boolean"],
         "solver": [StrOptions(SOLVER_NAMES)],
@@ -122,7 +257,9 @@ class DROLinearModel(BaseEstimator):
     def _check_solver_params(self):
         """Checks that involve more than one parameter, or a range that the constraints
         cannot say; run before any work."""
-        risk.check_rho_range(self.rho)
+        self._robustness()
+        if self.rho != "auto":
+            risk.check_rho_range(self.rho)
         if self.rho == 0 and self.solver in SOLVERS and not SOLVERS[self.solver].exact:
             raise ValueError(
                 f"rho=0 means the exact LogSumExp risk, which has no unbiased stochastic "
@@ -161,10 +298,32 @@ class DROLinearModel(BaseEstimator):
             loss=code,
             eps=eps,
             lam=lam,
-            rho=float(self.rho),
+            rho=_AUTO_RHO if self.rho == "auto" else float(self.rho),
             alpha=alpha,
             fit_intercept=self.fit_intercept,
         )
+
+    def _robustness(self):
+        """``("penalty", lam)`` or ``("ball", radius)``: the form of the robust objective
+        the parameters ask for (neither set: the ball of the default radius)."""
+        if self.lam is not None and self.radius is not None:
+            raise ValueError(
+                f"lam={self.lam!r} and radius={self.radius!r} are both set: set one of them "
+                "(radius, in nats, for the KL-ball form; lam, in loss units, for the "
+                "penalised form), or neither for the default radius."
+            )
+        if self.lam is not None:
+            return "penalty", float(self.lam)
+        return "ball", DEFAULT_RADIUS if self.radius is None else float(self.radius)
+
+    def _rho_ladder(self, name):
+        """The values of rho to try: the given one, or for ``rho="auto"`` a decreasing
+        ladder (warm-started) that stops as soon as the density cap moves the solution's
+        exact risk by at most ``10 tol`` (ending at the exact risk, ``rho = 0``, for the
+        solvers that have it)."""
+        if self.rho != "auto":
+            return [float(self.rho)]
+        return [1e-3, 0.0] if SOLVERS[name].exact else [1e-3, 1e-4, 1e-5, 1e-6]
 
     def _fit_linear(self, X, y, p, *, code, eps, n_outputs=1, scale=1.0, degree=0):
         """Solve for (W, b) of shapes (d, K) and (K,) on validated arrays; returns the
@@ -173,9 +332,11 @@ class DROLinearModel(BaseEstimator):
 
         ``scale`` (a power of two) and ``degree``: the target was divided by ``scale``, so
         the loss is divided by ``scale**degree``; lam, epsilon and alpha are scaled to
-        match, and the solution is scaled back exactly."""
+        match, and the solution is scaled back exactly (the radius is in nats: it does
+        not scale)."""
         loss_scale = scale**degree  # may underflow or overflow: only used to scale back
-        lam = float(self.lam)
+        form, value = self._robustness()
+        lam = value if form == "penalty" else 1.0  # the ball's lam is solved for
         for _ in range(degree):  # one division at a time: scale**2 may not be a float
             lam /= scale
         # above 1e300 on the normalised losses (of size at most about 1), lam is the
@@ -192,29 +353,85 @@ class DROLinearModel(BaseEstimator):
         )
         # below 1e-20 of the losses' size, lam changes the optimum by less than rounding
         prob.lam = risk.smallest_lam(lam, 1e8 * prob.objective_floor())
-        name, result = self._run_solver(prob, *self._initial_point(prob, scale))
-        snap = result.snapshot
-        _check_finite(snap)
+        name = choose_solver(self.solver, prob)
+        w, b = self._initial_point(prob, scale)
+        rng = check_random_state(self.random_state)
+        n_iter = 0
+        history, times = [], []  # along every fit of the rho ladder
+        for rho in self._rho_ladder(name):
+            prob = dataclasses.replace(prob, rho=rho)
+            result, prob = self._solve_form(name, prob, w, b, form, value, rng)
+            n_iter += result.n_iter
+            start = 0 if not history else 1
+            elapsed = times[-1] if times else 0.0
+            history.extend(result.history[start:])
+            times.extend(elapsed + t for t in result.times[start:])
+            snap = result.snapshot
+            _check_finite(snap)
+            diagnostics = _diagnostics(prob, snap, form, value)
+            if diagnostics["relaxation_gap"] <= 10 * self.tol:
+                break
+            w, b = snap.w, snap.b  # warm start at the next rho
         if not result.converged:
             warn_not_converged(name, result, _ADVICE[name])
+        if self.rho == "auto" and diagnostics["relaxation_gap"] > 10 * self.tol:
+            warnings.warn(
+                f"The density cap 1/rho (rho={prob.rho:g}, the smallest that "
+                f"solver={name!r} tries) still raises the exact KL-DRO risk of the "
+                f"solution {diagnostics['relaxation_gap']:.2g} (relative) above the "
+                "relaxed risk it minimises: the worst case piles onto a few samples. Use "
+                "solver='newton' (which reaches the exact risk, rho=0), or a larger "
+                "radius / lam.",
+                RelaxationWarning,
+                stacklevel=4,
+            )
         attributes = self._model_attributes(
             snap.w * scale, snap.b * scale, X.dtype, snap.eta * loss_scale,
-            snap.objective * loss_scale, result.n_iter,
+            snap.objective * loss_scale, n_iter,
         )  # fmt: skip
         attributes.update(
             solver_=name,
-            objective_curve_=np.asarray(result.history) * loss_scale,
+            _robust_form=(form, value),
+            lam_=np.inf if (form, value) == ("ball", 0.0) else float(prob.lam * loss_scale),
+            rho_=float(prob.rho),
+            exact_risk_=float(diagnostics["exact_risk"] * loss_scale),
+            cap_mass_=float(diagnostics["cap_mass"]),
+            effective_sample_size_=float(diagnostics["effective_sample_size"]),
+            objective_curve_=np.asarray(history) * loss_scale,
             # seconds from the start of the solver to each entry (for the benchmarks)
-            _objective_times=np.asarray(result.times),
+            _objective_times=np.asarray(times),
             duality_gap_=float(result.suboptimality),
             _stream=None,  # a full fit ends any stream of partial fits
         )
         return attributes
 
-    def _run_solver(self, prob, w, b, rng=None):
-        """The registered solver that ``solver`` means for this problem, from (w, b);
-        returns (its name, its result)."""
-        name = choose_solver(self.solver, prob)
+    def _solve_form(self, name, prob, w, b, form, value, rng):
+        """The penalised fit at ``prob.lam``, or the ball's (``value`` the radius, lam
+        solved for); returns (result, the problem at the solution's lam)."""
+        if form == "penalty":
+            return self._run_solver(name, prob, w, b, rng), prob
+        iterations = [0]
+        history = []  # the ball objective lam radius + R_lam along every inner fit
+        times = []
+
+        def inner(prob_lam, w0, b0, lam0, eta0):
+            extra = {"lam_start": lam0, "eta_guess": eta0} if SOLVERS[name].warm_lam else {}
+            result = self._run_solver(name, prob_lam, w0, b0, rng, **extra)
+            iterations[0] += result.n_iter
+            start = 0 if not history else 1  # each fit starts where the last one ended
+            elapsed = times[-1] if times else 0.0
+            history.extend(v + prob_lam.lam * value for v in result.history[start:])
+            times.extend(elapsed + t for t in result.times[start:])
+            return result
+
+        log = Log("ball", self.verbose)
+        result, lam = fit_ball(prob, w, b, radius=value, inner=inner, tol=self.tol, log=log)
+        result.n_iter, result.history, result.times = iterations[0], history, times
+        return result, prob.with_lam(lam)
+
+    def _run_solver(self, name, prob, w, b, rng=None, **extra):
+        """The registered solver ``name`` on this problem, from (w, b); returns its
+        result."""
         solver = SOLVERS[name]
         options = {
             "rng": check_random_state(self.random_state) if rng is None else rng,
@@ -229,7 +446,7 @@ class DROLinearModel(BaseEstimator):
         # threads than with one on a busy 2-core machine). Parallelism comes from n_jobs.
         limits = threadpool_limits(limits=1, user_api="blas")
         try:
-            result = solver.fit(
+            return solver.fit(
                 prob,
                 w,
                 b,
@@ -237,10 +454,10 @@ class DROLinearModel(BaseEstimator):
                 tol=self.tol,
                 verbose=self.verbose,
                 **{key: options[key] for key in solver.options},
+                **extra,
             )
         finally:
             limits.restore_original_limits()
-        return name, result
 
     def _commit(self, attributes):
         """Set the fitted attributes of a successful fit, all at once."""
@@ -257,10 +474,17 @@ class DROLinearModel(BaseEstimator):
         scaled by the block's share of the total sample ``weight`` seen so far.
         ``risk_`` and ``eta_`` are those of the model on this block (eta solved exactly).
         Returns the fitted attributes."""
+        form, value = self._robustness()
+        lam = value if form == "penalty" else getattr(self, "lam_", None)
         prob = self._problem(
-            X, y, p, code=code, eps=eps, n_outputs=n_outputs, lam=float(self.lam),
+            X, y, p, code=code, eps=eps, n_outputs=n_outputs, lam=1.0 if lam is None else lam,
             alpha=float(self.alpha),
         )  # fmt: skip
+        if lam is None:  # the ball's temperature, from the first block, is kept after it
+            _, prob = self._solve_form(
+                choose_solver(self.solver, prob), prob, *self._cold_start(prob), form, value,
+                check_random_state(self.random_state),
+            )  # fmt: skip
         stream = getattr(self, "_stream", None)
         if stream is None:
             rng = check_random_state(self.random_state)
@@ -270,7 +494,8 @@ class DROLinearModel(BaseEstimator):
             else:
                 # the first block is solved to convergence: the stochastic Newton steps of
                 # the next ones average out its noise, but would be slow to undo its bias
-                first = self._run_solver(prob, *self._cold_start(prob), rng)[1].snapshot
+                name = choose_solver(self.solver, prob)
+                first = self._run_solver(name, prob, *self._cold_start(prob), rng).snapshot
                 w, b, eta = first.w, first.b, first.eta
             stream = {"rng": rng, "w": w, "b": b, "eta": eta, "weight": 0.0, "n_iter": 0}
         kappa = 1.0 if self.learning_rate == "auto" else float(self.learning_rate)
@@ -295,7 +520,10 @@ class DROLinearModel(BaseEstimator):
         attributes = self._model_attributes(
             snap.w, snap.b, X.dtype, snap.eta, snap.objective, stream["n_iter"]
         )
-        attributes["_stream"] = stream
+        attributes.update(
+            _stream=stream, _robust_form=(form, value), lam_=float(prob.lam),
+            rho_=float(prob.rho),
+        )  # fmt: skip
         return attributes
 
     def __sklearn_tags__(self):
@@ -374,7 +602,20 @@ class DROLinearModel(BaseEstimator):
             hardest.
         """
         losses = self._losses(X, y)
-        return risk.worst_case_weights(losses, self.lam, rho=self.rho, sample_weight=sample_weight)
+        if self._robust_form == ("ball", 0.0):  # no budget: the empirical distribution
+            return risk.empirical_weights(sample_weight, losses.shape[0])
+        lam = self._temperature(losses, sample_weight)
+        return risk.worst_case_weights(losses, lam, rho=self.rho_, sample_weight=sample_weight)
+
+    def _temperature(self, losses, sample_weight):
+        """The temperature of the robust risk of these losses: the model's lam, or for the
+        ball form the one at which these losses' worst case has the radius."""
+        form, value = self._robust_form
+        if form == "penalty" or value == 0:
+            return self.lam_
+        p = risk.empirical_weights(sample_weight, losses.shape[0])
+        scale = risk.loss_scale(losses)
+        return risk.ball_temperature(losses / scale, p, value, self.rho_) * scale
 
     def robust_risk(self, X, y, sample_weight=None):
         """KL-DRO risk of the fitted model on the given samples (no penalty term).
@@ -402,12 +643,46 @@ class DROLinearModel(BaseEstimator):
             ``kl_dro_risk(losses, lam, rho=rho)`` of the per-sample losses.
         """
         losses = self._losses(X, y)
-        return risk.kl_dro_risk(losses, self.lam, rho=self.rho, sample_weight=sample_weight)
+        form, value = self._robust_form
+        if form == "ball":
+            return risk.kl_ball_risk(losses, value, rho=self.rho_, sample_weight=sample_weight)
+        return risk.kl_dro_risk(losses, self.lam_, rho=self.rho_, sample_weight=sample_weight)
 
     def _validate_for_predict(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=FLOAT_DTYPES, order="C", accept_sparse="csr")
         return check_csr(X)
+
+
+def _diagnostics(prob, snap, form, value):
+    """What the density cap did to the solution (one pass for its losses): its exact
+    KL-DRO risk (penalised or over the ball, with the penalty), the relative amount by
+    which that exceeds the relaxed objective the solver minimised, the share of the worst
+    case's mass on samples at the cap ``1 / rho``, and the worst case's effective sample
+    size ``1 / sum q_i^2``."""
+    F = prob.predictions(snap.w, snap.b)
+    losses = np.empty(prob.n_samples)
+    step_losses(prob.loss, F, F, 0.0, prob.y, prob.eps, losses)
+    penalty = prob.penalty(snap.w)
+    if form == "penalty":
+        exact = exact_risk(losses, prob.p, prob.lam)
+    elif value == 0:
+        exact = prob.weighted_sum(losses)
+    else:
+        lam = risk.ball_temperature(losses, prob.p, value, 0.0)
+        exact = lam * value + exact_risk(losses, prob.p, lam)
+    exact += penalty
+    c, k = factors(prob, losses, 0.0, snap.eta)
+    q = prob.weights(slice(None)) * c
+    q /= q.sum()
+    at_cap = c >= 0.99 / prob.rho if prob.rho > 0 else np.zeros(c.shape, dtype=bool)
+    scale = max(abs(snap.objective), prob.objective_floor())
+    return {
+        "exact_risk": exact,
+        "relaxation_gap": max(exact - snap.objective, 0.0) / scale,
+        "cap_mass": float(np.sum(q[at_cap])),
+        "effective_sample_size": 1.0 / float(np.sum(q * q)),
+    }
 
 
 def _check_finite(snap):

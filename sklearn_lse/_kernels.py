@@ -142,7 +142,9 @@ def relaxation_weights(d, lam, rho):
     overflow-free forms (``1 - rho c`` is never formed by subtraction)."""
     w = d / lam
     if rho == 0.0:
-        c = math.exp(min(w, 700.0))
+        # a sample with weight p has c <= 1 / p (the worst case's mass is at most 1), so
+        # the cap only guards the samples of weight 0, whose c must stay finite
+        c = math.exp(min(w, 300.0))
         return c, c / lam
     if w >= 0.0:
         e = math.exp(-w)
@@ -210,6 +212,33 @@ def relaxed_value(losses, p, eta, lam, rho):
             else:
                 s += weight(p, i) * relaxation_term(d, lam, rho)
     return eta + s
+
+
+@njit(**_NJIT)
+def relaxed_divergence(losses, p, eta, lam, rho):
+    """The divergence of the worst case ``q_i = p_i c_i`` (at the optimal threshold) from
+    ``p``: the KL divergence for ``rho = 0``, the relaxed (density-capped) one for
+    ``rho > 0``. It is ``(sum_i q_i l_i - R) / lam``, summed as
+    ``sum_i p_i (c_i w_i - (1 / rho) log1p(rho expm1(w_i)))``, whose terms are all
+    non-negative (no cancellation, also for tiny divergences at large lam)."""
+    far = 1.0 if rho == 0.0 else -math.log1p(-rho) / rho  # the term's limit far below
+    s = 0.0
+    for i in range(losses.shape[0]):
+        if weight(p, i) <= 0.0:
+            continue
+        d = losses[i] - eta
+        if d < -_FAR * lam:
+            s += weight(p, i) * far
+            continue
+        c = relaxation_weights(d, lam, rho)[0]
+        w = d / lam
+        if rho == 0.0:  # t log t - t + 1 with t = exp(w)
+            s += weight(p, i) * (c * w - math.expm1(w))
+        elif w < 700.0:
+            s += weight(p, i) * (c * w - relaxation_term(d, lam, rho) / lam)
+        else:  # c = 1 / rho: w / rho - (w + log rho) / rho
+            s += weight(p, i) * (-math.log(rho) / rho)
+    return s
 
 
 @njit(**_NJIT)

@@ -14,7 +14,7 @@ def fit_lbfgs(prob, w, b, *, max_iter, tol, verbose):
     value at the start (so that scipy's tolerances, which are absolute below 1, are
     relative). It stops when an iteration lowers the objective by less than
     ``tol / 100`` relative; convergence is then certified by
-    :func:`sklearn_lse._newton.polish` (at most three Newton iterations from L-BFGS's
+    :func:`sklearn_lse._newton.polish` (at most ten Newton iterations from L-BFGS's
     point, each certifying or not), so that a stop on a flat stretch of the objective is
     not mistaken for the optimum. ``n_iter`` counts both."""
     log = Log("lbfgs", verbose)

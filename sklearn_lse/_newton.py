@@ -417,7 +417,7 @@ def certificate(prob, w, b, eta_guess=np.nan):
     return _certificate(prob, rows, max(abs(rows.value), prob.objective_floor()))
 
 
-def polish(prob, w, b, eta_guess, *, tol, log, max_steps=3):
+def polish(prob, w, b, eta_guess, *, tol, log, max_steps=10):
     """Certify a point found by another solver: up to ``max_steps`` Newton iterations at
     ``tol`` from it (each a pass for the Hessian and one for the trial), stopping as soon
     as the duality gap or a verified quadratic convergence certifies it (see
@@ -553,10 +553,12 @@ def _newton_iterations(
         log.record(rows.value, lam=prob.lam, step=length, decrement=decrement / scale)
 
 
-def fit_newton(prob, w, b, *, max_iter, tol, verbose):
+def fit_newton(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_guess=np.nan):
     """Newton's method with continuation in lam and working sets (see the module
     docstring). ``max_iter`` caps the Newton iterations over all stages; ``tol`` is the
-    relative suboptimality that the certificate must reach. Returns a
+    relative suboptimality that the certificate must reach; ``lam_start`` (with the
+    threshold ``eta_guess`` there) starts the lam path at the temperature of a warm
+    start instead of the spread of the losses. Returns a
     :class:`~sklearn_lse._result.SolverResult`, whose history holds the objective of
     each stage's problem (its lam decreasing to ``prob.lam``).
 
@@ -573,7 +575,10 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose):
     # the first stage: at a lam of the losses' spread the worst case is nearly the
     # empirical distribution, whose threshold is about the mean loss
     lam = max(lam_target, float(np.max(supported) - np.min(supported)))
-    rows = _Rows(prob.with_lam(lam), w, b, prob.weighted_sum(losses), F=F, losses=losses)
+    guess = prob.weighted_sum(losses)
+    if lam_start is not None:  # a warm start, from the solution at lam_start
+        lam, guess = max(lam_target, min(lam, lam_start)), eta_guess
+    rows = _Rows(prob.with_lam(lam), w, b, guess, F=F, losses=losses)
     if not math.isfinite(rows.value):
         raise ValueError("The objective is not finite at the starting point.")
     log.start(rows.value)

@@ -253,7 +253,9 @@ class Problem:
         else:
             centre = self.weighted_sum(self.y) if self.fit_intercept else 0.0
             spread = float(self.weighted_sum((self.y - centre) ** 2))
-        return 1e-12 * max(spread, 1e-300)
+            if not spread > 0:  # constant targets: the regressor normalises them to 1
+                spread = 1.0
+        return 1e-12 * spread
 
     @property
     def n_samples(self):

@@ -59,15 +59,17 @@ class Solver:
     returning a :class:`~sklearn_lse._result.SolverResult`, whether it handles
     ``rho = 0`` (the exact LogSumExp risk, which has no unbiased stochastic gradient), and
     the estimator parameters it takes as options (``rng`` is the estimator's random
-    state)."""
+    state), and whether it can start the lam path at a warm start's temperature."""
 
     fit: object
     exact: bool
     options: tuple = ()
+    # whether it can start the lam path at a warm start's lam (``lam_start``)
+    warm_lam: bool = False
 
 
 SOLVERS = {
-    "newton": Solver(fit_newton, exact=True),
+    "newton": Solver(fit_newton, exact=True, warm_lam=True),
     "lbfgs": Solver(fit_lbfgs, exact=True),
     "sgd": Solver(
         fit_sgd, exact=False, options=("rng", "n_iter_no_change", "batch_size", "learning_rate")

@@ -69,6 +69,10 @@ class Log:
             float(suboptimality), self.times,
         )  # fmt: skip
 
+    def note(self, message):
+        if self.verbose:
+            print(f"[{self.solver}] {message}", flush=True)
+
     def stop(self, message):
         if self.verbose:
             print(f"[{self.solver}] stopped: {message}", flush=True)

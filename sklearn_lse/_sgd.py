@@ -43,7 +43,7 @@ def fit_sgd(
 
     Convergence is decided as for the other solvers: when the Newton decrement and the
     epochs' progress say so, :func:`sklearn_lse._newton.polish` must certify the point
-    (at most three Newton steps from it), else the epochs go on. (With the arrow
+    (at most ten Newton steps from it), else the epochs go on. (With the arrow
     preconditioner of sparse data with many features there is no Hessian to certify
     with, and the Newton decrement's estimate decides.)
 

@@ -9,42 +9,38 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
-from ._base import DROLinearModel, StrOptions, _fit_context, loss_code, losses_of
+from ._base import DROLinearModel, StrOptions, _fit_context, loss_code, losses_of, with_docs
 from ._registry import losses_for
 from .risk import empirical_weights
 
 __all__ = ["DROClassifier"]
 
 
+@with_docs
 class DROClassifier(ClassifierMixin, DROLinearModel):
     """Logistic regression that minimises the KL distributionally robust risk.
 
-    Minimises, over coefficients ``W`` and intercepts ``b``::
+    Minimises, over coefficients ``W`` and intercepts ``b``, the worst expected
+    cross-entropy (natural log, as :func:`~sklearn.metrics.log_loss` counts it) over the
+    reweightings ``q`` of the training samples within a KL budget ``radius`` of the
+    empirical distribution ``p`` (the default), or, with ``lam``, penalised by ``lam``
+    times their divergence::
 
+        max_{q : D(q || p) <= radius} sum_i q_i loss_i(W, b) + alpha / 2 * ||W||^2
         R_{lam, rho}(loss_1(W, b), ..., loss_n(W, b)) + alpha / 2 * ||W||^2
 
-    where ``loss_i`` is the cross-entropy of sample ``i`` (natural log, as
-    :func:`~sklearn.metrics.log_loss` counts it) and ``R_{lam, rho}`` the relaxed KL-DRO
-    risk of :func:`sklearn_lse.kl_dro_risk`: the expected loss under the worst reweighting
-    of the training samples, penalised by ``lam`` times its KL divergence from the
-    empirical distribution and with no sample up-weighted more than ``1 / rho`` times.
-    For two classes the model is the logistic one; for more it is multinomial (softmax),
-    and the worst-case distribution is one distribution over the samples, shared by all
-    classes (never one-vs-rest). With ``lam -> inf`` it is
-    :class:`~sklearn.linear_model.LogisticRegression` with ``C = 1 / (alpha * n_samples)``;
-    smaller ``lam`` puts more weight on the samples the model fits worst.
+    ``R_{lam, rho}`` is the relaxed KL-DRO risk of :func:`sklearn_lse.kl_dro_risk` (no
+    sample up-weighted more than ``1 / rho`` times), and the ball's value is
+    :func:`sklearn_lse.kl_ball_risk`. For two classes the model is the logistic one; for
+    more it is multinomial (softmax), and the worst-case distribution is one distribution
+    over the samples, shared by all classes (never one-vs-rest). With ``radius=0`` (or
+    ``lam -> inf``) it is :class:`~sklearn.linear_model.LogisticRegression` with
+    ``C = 1 / (alpha * n_samples)``; larger radii put more weight on the samples the model
+    fits worst.
 
     Parameters
     ----------
-    lam : float, default=1.0
-        Temperature ``lam > 0``, in the units of the loss (nats). Losses of well-classified
-        samples are near 0 and ``log(n_classes)`` is the loss of a blind guess: ``lam``
-        from 0.1 to 10 covers very robust to nearly ERM.
-    rho : float, default=1e-3
-        Density cap ``0 <= rho < 1``: no sample is up-weighted more than ``1 / rho`` times.
-        Small values approach the exact KL-DRO risk; ``rho=0`` is the exact risk (solver
-        ``"lbfgs"`` only). With small ``lam``, the model minimises about the mean of the worst
-        ``rho``-fraction of the losses (CVaR).
+    {robustness}
     loss : {"log_loss"}, default="log_loss"
         Per-sample loss: the cross-entropy, logistic for two classes and multinomial for
         more.
@@ -56,49 +52,11 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         :class:`~sklearn.linear_model.LogisticRegression`.
     fit_intercept : bool, default=True
         Whether to fit intercepts.
-    solver : {"sgd", "lbfgs"}, default="sgd"
-        ``"sgd"``: the stochastic method of Gladin et al. on the relaxed objective (unbiased
-        per-sample gradients in a Numba kernel, with variance reduction, importance
-        sampling and steps preconditioned by the Hessian at each epoch's snapshot); its
-        cost per epoch is a few passes over the data. ``"lbfgs"``: full-batch
-        L-BFGS on the same objective, with ``eta`` solved exactly at every step; it is the
-        reference, handles ``rho=0``, and is a good choice for small data.
+    {solver}
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes, folded into the empirical distribution: sample ``i`` weighs
         ``sample_weight[i] * class_weight[y[i]]`` before normalisation. ``"balanced"``
         uses ``n_samples / (n_classes * np.bincount(y))``.
-    max_iter : int, default=1000
-        Maximum number of epochs (``"sgd"``) or iterations (``"lbfgs"``).
-    tol : float, default=1e-6
-        ``"sgd"``: stop when the Newton decrement at an epoch's snapshot (an estimate of the
-        suboptimality) is below ``tol * |objective|`` and the epoch lowered the objective
-        by less than ``100 * tol`` (relative), or when ``n_iter_no_change`` epochs in a row
-        lowered it by less than ``tol`` while the decrement is below
-        ``100 * tol * |objective|``.
-        ``"lbfgs"``: tolerance on the largest component of the gradient in standardised
-        coordinates, relative to ``max(1, |objective|)``.
-    n_iter_no_change : int, default=5
-        Number of epochs without progress before ``"sgd"`` stops.
-    batch_size : int or "auto", default="auto"
-        Samples per stochastic step (``"sgd"``). ``"auto"`` is ``4 * (D + 1)`` with
-        ``D = (n_features + 1) * K + 1`` variables (``K = 1`` for two classes, the number
-        of classes otherwise), which keeps the preconditioned steps stable and the cost of
-        the preconditioner below that of the gradients. For sparse data with more than 1024
-        coefficients (``n_features * K``), it is about
-        ``4 * n_features / (non-zeros per row)`` (at least ``4 * (K + 1)``), so that the
-        rows' non-zeros amortise the per-step work on the coefficients.
-    learning_rate : "auto" or float, default="auto"
-        Largest multiplier of the preconditioned step of ``"sgd"`` (the inverse Hessian at
-        each epoch's snapshot). ``"auto"`` (1.0, a Newton step) needs no tuning: the
-        multiplier starts at half of it, grows by 1.5 after an epoch that lowers the
-        objective, and an epoch that does not is undone and the multiplier divided by 4.
-        For :meth:`partial_fit`, a number multiplies the step of each block.
-    random_state : int, RandomState instance or None, default=None
-        Seed of the sampling of ``"sgd"``.
-    warm_start : bool, default=False
-        Start from the previous solution when refitting (with the same classes).
-    verbose : int, default=0
-        Print one line per epoch (objective, step multiplier, elapsed time).
 
     Attributes
     ----------
@@ -108,22 +66,11 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         Coefficients; one row (for ``classes_[1]``) when there are two classes.
     intercept_ : ndarray of shape (1,) or (n_classes,)
         Intercepts (zeros when ``fit_intercept=False``).
-    eta_ : float
-        Optimal dual threshold of the relaxation at the solution, in loss units: samples
-        with loss well above ``eta_ + lam * log(1 / rho)`` get the full weight ``1 / rho``.
-        For ``rho=0`` it equals the exact risk.
-    risk_ : float
-        Training objective reached: the robust risk plus the penalty.
-    n_iter_ : int
-        Number of epochs (``"sgd"``) or iterations (``"lbfgs"``) run.
-    n_features_in_ : int
-        Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of the features seen during fit, when X has string column names.
+    {attributes}
 
     See Also
     --------
-    sklearn.linear_model.LogisticRegression : The ``lam -> inf`` limit.
+    sklearn.linear_model.LogisticRegression : The ``radius=0`` limit.
     DRORegressor : The same objective for regression.
 
     References
@@ -136,7 +83,7 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
     >>> from sklearn.datasets import load_iris
     >>> from sklearn_lse import DROClassifier
     >>> X, y = load_iris(return_X_y=True)
-    >>> clf = DROClassifier(lam=1.0, rho=1e-2, random_state=0).fit(X, y)
+    >>> clf = DROClassifier(radius=0.1).fit(X, y)
     >>> clf.coef_.shape
     (3, 4)
     >>> clf.predict_proba(X[:2]).sum(axis=1)
@@ -152,13 +99,13 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
     def __init__(
         self,
         *,
-        lam=1.0,
-        rho=1e-3,
+        radius=None,
+        lam=None,
+        rho="auto",
         loss="log_loss",
         alpha=1e-4,
         fit_intercept=True,
         solver="auto",
-        class_weight=None,
         max_iter=1000,
         tol=1e-6,
         n_iter_no_change=5,
@@ -167,7 +114,9 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         random_state=None,
         warm_start=False,
         verbose=0,
+        class_weight=None,
     ):
+        self.radius = radius
         self.lam = lam
         self.rho = rho
         self.loss = loss

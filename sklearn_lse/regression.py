@@ -16,6 +16,7 @@ from ._base import (
     loss_code,
     losses_of,
     target_scale,
+    with_docs,
 )
 from ._registry import LOSSES, losses_for
 from .risk import empirical_weights
@@ -23,31 +24,29 @@ from .risk import empirical_weights
 __all__ = ["DRORegressor"]
 
 
+@with_docs
 class DRORegressor(RegressorMixin, DROLinearModel):
     """Linear regression that minimises the KL distributionally robust risk.
 
-    Minimises, over coefficients ``w`` and intercept ``b``::
+    Minimises, over coefficients ``w`` and intercept ``b``, the worst expected loss over
+    the reweightings ``q`` of the training samples within a KL budget ``radius`` of the
+    empirical distribution ``p`` (the default), or, with ``lam``, penalised by ``lam``
+    times their divergence::
 
+        max_{q : D(q || p) <= radius} sum_i q_i loss_i(w, b) + alpha / 2 * ||w||^2
         R_{lam, rho}(loss_1(w, b), ..., loss_n(w, b)) + alpha / 2 * ||w||^2
 
-    where ``R_{lam, rho}`` is the relaxed KL-DRO risk of :func:`sklearn_lse.kl_dro_risk`:
-    the expected loss under the worst reweighting of the training samples, penalised by
-    ``lam`` times its KL divergence from the empirical distribution and with no sample
-    up-weighted more than ``1 / rho`` times. With ``lam -> inf`` it is ordinary
-    (weighted) least squares, :class:`~sklearn.linear_model.LinearRegression`; smaller
-    ``lam`` puts more weight on the samples the model fits worst.
+    ``R_{lam, rho}`` is the relaxed KL-DRO risk of :func:`sklearn_lse.kl_dro_risk` (no
+    sample up-weighted more than ``1 / rho`` times), and the ball's value is
+    :func:`sklearn_lse.kl_ball_risk`. With ``radius=0`` (or ``lam -> inf``) it is
+    ordinary (weighted) least squares, :class:`~sklearn.linear_model.LinearRegression`;
+    larger radii put more weight on the samples the model fits worst. The model is
+    equivariant in the units of ``y``: scaling ``y`` scales the predictions (``lam``, which
+    is in loss units, excepted).
 
     Parameters
     ----------
-    lam : float, default=1.0
-        Temperature ``lam > 0``, in the units of the loss (squared target units for
-        ``loss="squared_error"``). A good range is 0.1 to 10 times the typical loss of least
-        squares; smaller is more robust.
-    rho : float, default=1e-3
-        Density cap ``0 <= rho < 1``: no sample is up-weighted more than ``1 / rho`` times.
-        Small values approach the exact KL-DRO risk; ``rho=0`` is the exact risk (solver
-        ``"lbfgs"`` only). With small ``lam``, the model minimises about the mean of the worst
-        ``rho``-fraction of the losses (CVaR).
+    {robustness}
     loss : {"squared_error", "huber", "absolute_error"}, default="squared_error"
         Per-sample loss of the residual ``r = f(x) - y``: ``r^2`` (as
         :func:`~sklearn.metrics.mean_squared_error` counts it); ``"huber"``: ``r^2`` for
@@ -61,43 +60,7 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         L2 penalty ``alpha / 2 * ||w||^2`` (the intercept is not penalised).
     fit_intercept : bool, default=True
         Whether to fit an intercept.
-    solver : {"sgd", "lbfgs"}, default="sgd"
-        ``"sgd"``: the stochastic method of Gladin et al. on the relaxed objective (unbiased
-        per-sample gradients in a Numba kernel, with variance reduction, importance
-        sampling and steps preconditioned by the Hessian at each epoch's snapshot); its
-        cost per epoch is a few passes over the data. ``"lbfgs"``: full-batch
-        L-BFGS on the same objective, with ``eta`` solved exactly at every step; it is the
-        reference, handles ``rho=0``, and is a good choice for small data.
-    max_iter : int, default=1000
-        Maximum number of epochs (``"sgd"``) or iterations (``"lbfgs"``).
-    tol : float, default=1e-6
-        ``"sgd"``: stop when the Newton decrement at an epoch's snapshot (an estimate of the
-        suboptimality) is below ``tol * |objective|`` and the epoch lowered the objective
-        by less than ``100 * tol`` (relative), or when ``n_iter_no_change`` epochs in a row
-        lowered it by less than ``tol`` while the decrement is below
-        ``100 * tol * |objective|``.
-        ``"lbfgs"``: tolerance on the largest component of the gradient in standardised
-        coordinates, relative to ``max(1, |objective|)``.
-    n_iter_no_change : int, default=5
-        Number of epochs without progress before ``"sgd"`` stops.
-    batch_size : int or "auto", default="auto"
-        Samples per stochastic step (``"sgd"``). ``"auto"`` is ``4 * (n_features + 2)``,
-        which keeps the preconditioned steps stable and the cost of the preconditioner
-        below that of the gradients. For sparse data with more than 1024 features, it is
-        about ``4 * n_features / (non-zeros per row)`` (at least 8), so that the rows'
-        non-zeros amortise the per-step work on the coefficients.
-    learning_rate : "auto" or float, default="auto"
-        Largest multiplier of the preconditioned step of ``"sgd"`` (the inverse Hessian at
-        each epoch's snapshot). ``"auto"`` (1.0, a Newton step) needs no tuning: the
-        multiplier starts at half of it, grows by 1.5 after an epoch that lowers the
-        objective, and an epoch that does not is undone and the multiplier divided by 4.
-        For :meth:`partial_fit`, a number multiplies the step of each block.
-    random_state : int, RandomState instance or None, default=None
-        Seed of the sampling of ``"sgd"``.
-    warm_start : bool, default=False
-        Start from the previous solution when refitting.
-    verbose : int, default=0
-        Print one line per epoch (objective, step multiplier, elapsed time).
+    {solver}
 
     Attributes
     ----------
@@ -105,22 +68,11 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         Coefficients.
     intercept_ : float
         Intercept (0.0 when ``fit_intercept=False``).
-    eta_ : float
-        Optimal dual threshold of the relaxation at the solution, in loss units: samples
-        with loss well above ``eta_ + lam * log(1 / rho)`` get the full weight ``1 / rho``.
-        For ``rho=0`` it equals the exact risk.
-    risk_ : float
-        Training objective reached: the robust risk plus the penalty.
-    n_iter_ : int
-        Number of epochs (``"sgd"``) or iterations (``"lbfgs"``) run.
-    n_features_in_ : int
-        Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of the features seen during fit, when X has string column names.
+    {attributes}
 
     See Also
     --------
-    sklearn.linear_model.LinearRegression : The ``lam -> inf`` limit.
+    sklearn.linear_model.LinearRegression : The ``radius=0`` limit.
     sklearn.linear_model.SGDRegressor : Stochastic gradient ERM.
     DROClassifier : The same objective for classification.
 
@@ -136,11 +88,13 @@ class DRORegressor(RegressorMixin, DROLinearModel):
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(200, 3))
     >>> y = X @ [1.0, -2.0, 0.5] + rng.normal(size=200)
-    >>> reg = DRORegressor(lam=1.0, rho=1e-2, random_state=0).fit(X, y)
+    >>> reg = DRORegressor(radius=0.1).fit(X, y)
     >>> reg.coef_.shape
     (3,)
     >>> round(float(reg.worst_case_weights(X, y).sum()), 12)
     1.0
+    >>> bool(np.allclose(DRORegressor().fit(X, 1000 * y).predict(X), 1000 * reg.predict(X)))
+    True
     """
 
     _parameter_constraints = {
@@ -152,8 +106,9 @@ class DRORegressor(RegressorMixin, DROLinearModel):
     def __init__(
         self,
         *,
-        lam=1.0,
-        rho=1e-3,
+        radius=None,
+        lam=None,
+        rho="auto",
         loss="squared_error",
         epsilon=1.0,
         alpha=0.0,
@@ -168,6 +123,7 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         warm_start=False,
         verbose=0,
     ):
+        self.radius = radius
         self.lam = lam
         self.rho = rho
         self.loss = loss

@@ -33,16 +33,19 @@ import numpy as np
 from sklearn.utils.validation import _check_sample_weight
 
 from ._kernels import (
+    centred_eta,
     exact_risk,
     exact_weights,
     offset,
     relaxation_terms,
+    relaxed_divergence,
     relaxed_risk,
     relaxed_value,
 )
 
 __all__ = [
     "kl_dro_risk",
+    "kl_ball_risk",
     "worst_case_weights",
     "optimal_eta",
     "relaxed_objective",
@@ -453,3 +456,86 @@ def _check_eta(eta):
     if not isinstance(eta, numbers.Real) or isinstance(eta, bool) or not math.isfinite(eta):
         raise ValueError(f"eta must be a finite number, got {eta!r}.")
     return float(eta)
+
+
+def _risk_and_divergence(losses, p, lam, rho):
+    """The (relaxed) risk at ``lam`` and the divergence of its worst case."""
+    eta0, centred, eta1 = centred_eta(losses, p, lam, rho, np.nan, False)
+    value = eta0 + relaxed_value(centred, p, eta1, lam, rho)
+    return value, relaxed_divergence(centred, p, eta1, lam, rho)
+
+
+def ball_temperature(losses, p, radius, rho):
+    """The temperature ``lam*`` of the KL-ball risk of a loss vector (the root of
+    ``D(q_lam) = radius``, by bisection in ``log lam``), or the smallest lam tried when the
+    radius is beyond every worst case's divergence (the budget does not bind)."""
+    supported = losses[p > 0] if p.shape[0] > 1 else losses
+    spread = float(np.max(supported) - np.min(supported))
+    size = max(spread, float(np.max(np.abs(supported))), 1e-300)
+    if spread <= 1e-15 * size:  # equal losses: the budget never binds (lam* -> 0)
+        return 1e-12 * size
+    lo, hi = math.log(1e-12 * size), math.log(1e12 * spread / radius)
+    if _risk_and_divergence(losses, p, math.exp(lo), rho)[1] < radius:
+        return math.exp(lo)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _risk_and_divergence(losses, p, math.exp(mid), rho)[1] >= radius:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-13:
+            break
+    return math.exp(0.5 * (lo + hi))
+
+
+def kl_ball_risk(losses, radius, *, rho=0.0, sample_weight=None):
+    """Worst expected loss over the distributions within a divergence ``radius`` of ``p``.
+
+    ``max_{q : D(q || p) <= radius} sum_i q_i losses_i = min_{lam > 0} lam * radius +
+    R_lam(losses)``, with ``D`` the KL divergence for ``rho=0`` (the exact risk ``R_lam``
+    of :func:`kl_dro_risk`) and the relaxed, density-capped divergence for ``rho > 0``.
+    Unlike ``lam``, the radius is in nats whatever the units of the losses: scaling the
+    losses scales the risk. ``radius=0`` gives the weighted mean loss; a radius beyond
+    the largest divergence any distribution can have (``log(1 / min p)`` for the KL) gives
+    the largest loss (the CVaR at level ``rho`` for ``rho > 0``).
+
+    Parameters
+    ----------
+    losses : array-like of shape (n_samples,)
+        Per-sample losses.
+    radius : float
+        Divergence budget ``radius >= 0``, in nats.
+    rho : float, default=0.0
+        Density cap ``0 <= rho < 1``; ``0`` means the KL divergence.
+    sample_weight : array-like of shape (n_samples,), default=None
+        Weights of the empirical distribution; uniform when None.
+
+    Returns
+    -------
+    risk : float
+        The worst-case expected loss over the ball.
+
+    See Also
+    --------
+    kl_dro_risk : The penalised form, at a fixed temperature ``lam``.
+
+    Examples
+    --------
+    >>> from sklearn_lse import kl_ball_risk
+    >>> round(kl_ball_risk([1.0, 2.0, 3.0], 0.0), 6)
+    2.0
+    >>> 2.0 < kl_ball_risk([1.0, 2.0, 3.0], 0.1) < 3.0
+    True
+    """
+    losses, _, rho, p, s = _prepare(losses, 1.0, rho, sample_weight)
+    if (
+        not isinstance(radius, numbers.Real)
+        or isinstance(radius, bool)
+        or not math.isfinite(radius)
+        or radius < 0
+    ):
+        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}.")
+    if radius == 0 or np.max(losses) == np.min(losses):
+        return float(p @ losses) * s
+    lam = ball_temperature(losses, p, float(radius), rho)
+    return (lam * radius + _risk_and_divergence(losses, p, lam, rho)[0]) * s

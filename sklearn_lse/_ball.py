@@ -1,0 +1,148 @@
+"""The KL-ball form: the worst expected loss over the distributions within a divergence
+``radius`` of the empirical one,
+
+    min_theta max_{q : D(q || p) <= radius} sum_i q_i l_i(theta)
+      = min_theta min_{lam > 0} lam radius + R_lam(theta),
+
+with ``D`` the KL divergence (``rho = 0``) or the relaxed, density-capped one, and
+``R_lam`` the (relaxed) KL-DRO risk. The temperature is solved for by a 1-D search over
+``log lam``: the inner problem at each lam is the penalised fit (any solver), warm-started
+from the previous solution; by the envelope theorem the derivative of the outer objective
+``Phi(lam) = lam radius + min_theta R_lam(theta)`` is ``radius - D(q_lam)``, the divergence
+of the worst case at the solution falling as lam grows, so the optimal lam is the root of
+``D(q_lam) = radius``. The search first follows the lam path down from the spread of the
+losses (as the Newton solver's continuation does) until the divergence exceeds the
+radius, then narrows the bracket by the Illinois method on ``log D - log radius``.
+
+Convergence: ``Phi`` is convex in lam, so ``Phi(lam) - Phi* <= |radius - D(lam)| *
+|lam - lam*|``, bounded by the bracket's width; the search stops when that bound (plus
+the inner fit's) is below ``tol`` relative.
+"""
+
+import math
+
+import numpy as np
+
+from ._kernels import centred_eta, relaxed_divergence, step_losses
+from ._objective import Snapshot
+
+# the lam at which the objective is least squares / logistic regression to rounding (the
+# losses are normalised to about 1), and the smallest tried
+_LAM_MAX = 1e300
+_LAM_MIN_FACTOR = 1e-12
+
+
+def divergence(prob, snap):
+    """The divergence of the worst case of the solution ``snap`` from the empirical
+    distribution, and the exact threshold (one pass for the losses)."""
+    F = prob.predictions(snap.w, snap.b)
+    losses = np.empty(prob.n_samples)
+    step_losses(prob.loss, F, F, 0.0, prob.y, prob.eps, losses)
+    eta0, centred, eta1 = centred_eta(losses, prob.p, prob.lam, prob.rho, snap.eta, True)
+    return relaxed_divergence(centred, prob.p, eta1, prob.lam, prob.rho)
+
+
+def fit_ball(prob, w, b, *, radius, inner, tol, log):
+    """Minimise ``lam radius + R_lam(theta)`` over theta and lam > 0.
+
+    ``inner(prob_at_lam, w, b, lam_start, eta)`` fits the penalised problem at
+    ``prob_at_lam.lam`` from a warm start and returns a SolverResult. Returns
+    ``(result, lam)``: the inner result at the optimal lam, its snapshot's objective
+    replaced by the ball objective ``lam radius + R_lam`` (plus the penalty), and lam.
+    (The caller keeps the inner fits' histories.)
+    """
+    if radius == 0.0:  # no budget: the empirical risk
+        result = inner(prob.with_lam(_LAM_MAX), w, b, None, np.nan)
+        return _with_ball_objective(result, _LAM_MAX, 0.0), _LAM_MAX
+
+    cache = {}
+
+    def solve(lam, start):
+        prob_lam = prob.with_lam(lam)
+        w0, b0, lam0, eta0 = start
+        result = inner(prob_lam, w0, b0, lam0, eta0)
+        value = divergence(prob_lam, result.snapshot)
+        cache[lam] = (result, value)
+        log.note(f"lam={lam:.6g}: divergence {value:.6g} (radius {radius:.6g})")
+        snap = result.snapshot
+        return result, value, (snap.w, snap.b, lam, snap.eta)
+
+    F = prob.predictions(w, b)
+    losses = np.empty(prob.n_samples)
+    step_losses(prob.loss, F, F, 0.0, prob.y, prob.eps, losses)
+    supported = losses[prob.weights(slice(None)) > 0]
+    # the losses' spread at the start (their mean when they are all equal, as for the
+    # classifier's constant start) sets the first temperature
+    size = max(float(np.max(np.abs(supported))), 1e8 * prob.objective_floor())
+    spread = float(np.max(supported) - np.min(supported))
+    lam_min = _LAM_MIN_FACTOR * size
+    floor = prob.objective_floor()
+    # bracket the root: D decreases with lam
+    lam = spread if spread > 1e-3 * size else size
+    result, value, start = solve(lam, (w, b, None, np.nan))
+    hi = lo = None
+    if value >= radius:
+        lo = (lam, value, result)
+        while value >= radius and lam < _LAM_MAX / 10:
+            lam *= 10.0
+            result, value, start = solve(lam, start)
+            if value >= radius:
+                lo = (lam, value, result)
+        hi = (lam, value, result)
+    else:
+        hi = (lam, value, result)
+        while value < radius:
+            objective = result.snapshot.objective + lam * radius
+            if lam <= lam_min or lam * radius <= tol * max(abs(objective), floor):
+                # By convexity Phi(lam') >= Phi(lam) - (radius - D) (lam - lam') >=
+                # Phi(lam) - lam radius for every smaller lam': within tol of the optimum
+                # (the budget does not bind before lam -> 0, whose worst case is the
+                # maximum loss, or the CVaR at level rho)
+                return _with_ball_objective(result, lam, radius), lam
+            lam = max(lam / 10.0, lam_min)
+            result, value, start = solve(lam, start)
+            if value < radius:
+                hi = (lam, value, result)
+        lo = (lam, value, result)
+    # Illinois steps on log D - log radius in log lam, within [lo, hi]
+    f_lo = math.log(lo[1]) - math.log(radius)
+    f_hi = math.log(max(hi[1], 1e-300)) - math.log(radius)
+    side = 0
+    for _ in range(60):
+        lam_lo, lam_hi = lo[0], hi[0]
+        best = lo if abs(f_lo) < abs(f_hi) else hi
+        bound = abs(radius - best[1]) * (lam_hi - lam_lo)
+        objective = best[2].snapshot.objective + best[0] * radius
+        if (
+            bound <= tol * max(abs(objective), prob.objective_floor())
+            or lam_hi / lam_lo < 1 + 1e-12
+        ):
+            break
+        t_lo, t_hi = math.log(lam_lo), math.log(lam_hi)
+        t = t_lo + (t_hi - t_lo) * f_lo / (f_lo - f_hi) if f_lo != f_hi else 0.5 * (t_lo + t_hi)
+        if not t_lo < t < t_hi:
+            t = 0.5 * (t_lo + t_hi)
+        lam = math.exp(t)
+        near = lo if abs(t - t_lo) < abs(t - t_hi) else hi
+        snap = near[2].snapshot
+        result, value, _ = solve(lam, (snap.w, snap.b, near[0], snap.eta))
+        f = math.log(max(value, 1e-300)) - math.log(radius)
+        if f > 0:  # still above the radius: the new low end
+            lo, f_lo = (lam, value, result), f
+            if side == 1:
+                f_hi *= 0.5
+            side = 1
+        else:
+            hi, f_hi = (lam, value, result), f
+            if side == -1:
+                f_lo *= 0.5
+            side = -1
+    lam, _, result = lo if abs(f_lo) < abs(f_hi) else hi
+    return _with_ball_objective(result, lam, radius), lam
+
+
+def _with_ball_objective(result, lam, radius):
+    snap = result.snapshot
+    objective = snap.objective + lam * radius
+    result.snapshot = Snapshot(snap.w, snap.b, objective, snap.eta, snap.eta0, snap.eta1)
+    return result
