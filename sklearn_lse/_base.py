@@ -48,8 +48,9 @@ __all__ = [
 
 # the KL budget (nats) when neither lam nor radius is given
 DEFAULT_RADIUS = 0.1
-# rho="auto": the first density cap tried (and partial_fit's)
-_AUTO_RHO = 1e-3
+# rho="auto" for the stochastic solver: the density caps tried, largest first (the first
+# is also partial_fit's)
+_AUTO_RHO_SGD = (1e-3, 1e-4, 1e-5, 1e-6)
 
 
 # Parameter and attribute descriptions shared by the estimators' docstrings (each puts
@@ -71,11 +72,12 @@ DOCS = {
     rho : float or "auto", default="auto"
         Density cap ``0 <= rho < 1`` of the softplus relaxation: no sample is up-weighted
         more than ``1 / rho`` times; ``rho=0`` is the exact KL-DRO risk (solvers
-        ``"newton"`` and ``"lbfgs"``). ``"auto"`` fits with ``rho=1e-3`` and checks what
-        the cap did: when the exact risk of the solution exceeds the relaxed one by more
-        than ``10 * tol`` (relative), it fits again, warm-started, at ``rho=0`` (or, for
-        ``"sgd"``, warns); ``rho_`` is the one used. With small ``lam`` or a large radius,
-        a fixed ``rho`` makes the model minimise about the mean of the worst
+        ``"newton"`` and ``"lbfgs"``). ``"auto"`` is the exact risk for those, which solve
+        it at the same cost, and for ``"sgd"`` (which needs ``rho > 0``) ``1e-3``, then
+        ``1e-4``, ``1e-5`` and ``1e-6`` (each fit warm-started) until the exact risk of the
+        solution exceeds the relaxed one by at most ``10 * tol`` (relative), with a
+        warning if it still does; ``rho_`` is the one used. With small ``lam`` or a large
+        radius, a fixed ``rho`` makes the model minimise about the mean of the worst
         ``rho``-fraction of the losses (CVaR).""",
     "solver": """solver : {"auto", "newton", "lbfgs", "sgd"}, default="auto"
         ``"newton"``: full-batch trust-region Newton on the relaxed objective with eta
@@ -298,7 +300,7 @@ class DROLinearModel(BaseEstimator):
             loss=code,
             eps=eps,
             lam=lam,
-            rho=_AUTO_RHO if self.rho == "auto" else float(self.rho),
+            rho=_AUTO_RHO_SGD[0] if self.rho == "auto" else float(self.rho),
             alpha=alpha,
             fit_intercept=self.fit_intercept,
         )
@@ -317,13 +319,13 @@ class DROLinearModel(BaseEstimator):
         return "ball", DEFAULT_RADIUS if self.radius is None else float(self.radius)
 
     def _rho_ladder(self, name):
-        """The values of rho to try: the given one, or for ``rho="auto"`` a decreasing
-        ladder (warm-started) that stops as soon as the density cap moves the solution's
-        exact risk by at most ``10 tol`` (ending at the exact risk, ``rho = 0``, for the
-        solvers that have it)."""
+        """The values of rho to try: the given one; for ``rho="auto"``, the exact risk
+        (``rho = 0``) for the full-batch solvers, which handle it at the cost of any other
+        rho, and for ``"sgd"`` a decreasing ladder (warm-started) that stops as soon as
+        the density cap moves the solution's exact risk by at most ``10 tol``."""
         if self.rho != "auto":
             return [float(self.rho)]
-        return [1e-3, 0.0] if SOLVERS[name].exact else [1e-3, 1e-4, 1e-5, 1e-6]
+        return [0.0] if SOLVERS[name].exact else list(_AUTO_RHO_SGD)
 
     def _fit_linear(self, X, y, p, *, code, eps, n_outputs=1, scale=1.0, degree=0):
         """Solve for (W, b) of shapes (d, K) and (K,) on validated arrays; returns the
