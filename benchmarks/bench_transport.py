@@ -210,13 +210,13 @@ def main(argv=None):
                 (abs(v - exact) / abs(exact) for _, _, v in stoch if v is not None),
                 default=None,
             )
-            print(f"done: n={n} d={d} rel={rel:g}", file=sys.stderr, flush=True)
             summary.append(
                 f"{tag} {ref_iter} ({ref_err:.0e}) | {default[1]:.3f} | "
                 f"{relative(default[2], exact)} | {ratio} | "
                 + (f"{best_stoch:.1e}" if best_stoch is not None else "overflow")
                 + " |"
             )
+            print(f"done: {summary[-1]}", file=sys.stderr, flush=True)
     print(
         "Entropic OT between Gaussian mixtures (n = m, uniform weights, squared Euclidean "
         "cost, eps = rel x median cost); relative error of the OT value against an exact "

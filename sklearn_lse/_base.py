@@ -28,7 +28,8 @@ from ._objective import factors, losses_of, snapshot
 from ._problem import Problem, least_squares_start
 from ._registry import LOSSES, SOLVER_NAMES, SOLVERS, choose_solver
 from ._result import Log, warn_not_converged
-from ._sgd import stochastic_newton_step
+from ._stream import Stream
+from ._stream import warn_small_block as _warn_small_block
 
 __all__ = [
     "DOCS",
@@ -470,12 +471,15 @@ class DROLinearModel(BaseEstimator):
                 setattr(self, key, value)
 
     def _partial_fit_linear(self, X, y, p, weight, *, code, eps, n_outputs=1):
-        """One stochastic Newton step on the joint relaxed objective (W, b, eta) with the
-        block's gradient, whatever ``solver`` (see
-        :func:`~sklearn_lse._sgd.stochastic_newton_step`), from the previous iterate,
-        scaled by the block's share of the total sample ``weight`` seen so far.
-        ``risk_`` and ``eta_`` are those of the model on this block (eta solved exactly).
-        Returns the fitted attributes."""
+        """Take one block into the stream's model (see :mod:`sklearn_lse._stream`),
+        whatever ``solver``: an incremental Newton step on the objective of the whole
+        stream, with the curvature accumulated over the blocks. The first block is solved
+        to convergence first (after :meth:`fit`, the fitted model stands for a block of the
+        same weight as the first one instead). ``eta_`` is the stream's threshold,
+        ``risk_`` the block's objective at the new model. Returns the fitted attributes.
+
+        The ball form's temperature is the one of the first block's (or the fitted
+        model's) solution, kept for the rest of the stream; ``rho="auto"`` is ``1e-3``."""
         form, value = self._robustness()
         lam = value if form == "penalty" else getattr(self, "lam_", None)
         prob = self._problem(
@@ -488,40 +492,36 @@ class DROLinearModel(BaseEstimator):
                 check_random_state(self.random_state),
             )  # fmt: skip
         stream = getattr(self, "_stream", None)
+        if stream is not None and stream.u.shape[0] != prob.dim:
+            stream = None  # the classes changed (a refit): start afresh
         if stream is None:
             rng = check_random_state(self.random_state)
             if hasattr(self, "coef_"):  # continue from a full fit
                 w, b = self._model_point(prob)
+                if w.shape[1] != prob.n_outputs:
+                    w, b = self._cold_start(prob)
                 eta = snapshot(prob, w, b).eta
+                stream = Stream.start(prob, w, b, eta, rng)
+                # the fitted model stands for a block of this one's weight at its optimum
+                stream.add_prior(prob, weight)
             else:
-                # the first block is solved to convergence: the stochastic Newton steps of
-                # the next ones average out its noise, but would be slow to undo its bias
+                _warn_small_block(prob, first=True)
+                # the first block is solved to convergence: the later blocks' models are
+                # taken at its solution, where they are accurate
                 name = choose_solver(self.solver, prob)
                 first = self._run_solver(name, prob, *self._cold_start(prob), rng).snapshot
-                w, b, eta = first.w, first.b, first.eta
-            stream = {"rng": rng, "w": w, "b": b, "eta": eta, "weight": 0.0, "n_iter": 0}
+                stream = Stream.start(prob, first.w, first.b, first.eta, rng)
+        else:
+            stream = copy.deepcopy(stream)  # the transaction keeps the old one
         kappa = 1.0 if self.learning_rate == "auto" else float(self.learning_rate)
-        total = stream["weight"] + weight
         with np.errstate(over="ignore", invalid="ignore"):
-            w, b, eta = stochastic_newton_step(
-                prob,
-                stream["w"],
-                stream["b"],
-                stream["eta"],
-                step=kappa * weight / total,
-                rng=stream["rng"],
-            )
-            snap = snapshot(prob, w, b, eta)
-        if not np.isfinite(snap.objective):
+            block_value = stream.update(prob, weight, step=kappa)
+        w, b, eta = stream.model()
+        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
             raise FloatingPointError(
                 "partial_fit diverged on this block. Scale the features, or lower learning_rate."
             )
-        _check_finite(snap)
-        stream = {**stream, "w": w, "b": b, "eta": eta, "weight": total}
-        stream["n_iter"] += 1
-        attributes = self._model_attributes(
-            snap.w, snap.b, X.dtype, snap.eta, snap.objective, stream["n_iter"]
-        )
+        attributes = self._model_attributes(w, b, X.dtype, eta, block_value, stream.n_iter)
         attributes.update(
             _stream=stream, _robust_form=(form, value), lam_=float(prob.lam),
             rho_=float(prob.rho),

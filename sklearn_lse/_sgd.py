@@ -1,7 +1,7 @@
 """The stochastic solver: the paper's unbiased per-sample gradients of the relaxed
 objective, variance-reduced (SVRG) and preconditioned by the Hessian at each epoch's
-snapshot, in the Numba epoch kernel of :mod:`sklearn_lse._kernels`; and the stochastic
-Newton step of ``partial_fit``."""
+snapshot, in the Numba epoch kernel of :mod:`sklearn_lse._kernels` (``partial_fit`` is
+in :mod:`sklearn_lse._stream`)."""
 
 import time
 
@@ -9,9 +9,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._curvature import MIN_DAMPING, Preconditioner, uses_arrow_hessian
-from ._kernels import relaxed_value, svrg_epoch, systematic_draws
+from ._kernels import svrg_epoch, systematic_draws
 from ._newton import polish
-from ._objective import Snapshot, losses_of, snapshot
+from ._objective import snapshot
 from ._result import Log
 
 
@@ -183,32 +183,3 @@ def _newton_line_search(prob, snap, cur, max_halvings=10):
             return trial
         t *= 0.5
     return None
-
-
-def stochastic_newton_step(prob, w, b, eta, *, step, rng):
-    """A stochastic Newton step on the joint relaxed objective in (W, b, eta), with the
-    gradient of the block of data in ``prob`` (an unbiased estimate of the gradient of the
-    objective of the whole stream: the relaxation is an average over samples, and eta is
-    kept as given, not re-solved on the block), preconditioned by the block's Hessian and
-    scaled by ``step``. With ``step`` the block's share of the weight seen so far, the
-    iterates average the blocks' Newton steps and converge to the optimum of the stream,
-    where each block's own optimum would not. Returns (W, b, eta)."""
-    loss = losses_of(prob.X, prob.y, w, b, prob.loss, prob.eps)[0]
-    # the block's gradient and Hessian at the given eta (eta1 = eta: no centring)
-    newton = Preconditioner(prob, Snapshot(w, b, np.nan, eta, 0.0, eta), MIN_DAMPING, rng)
-    start = prob.to_standard(w, b)
-    before = _joint_value(prob, loss, eta, w)
-    for _ in range(10):  # a step that raises even the block's objective overshoots
-        move = step * newton.apply(newton.g)
-        w_new, b_new = prob.to_model(start - move[:-1])
-        new_loss = losses_of(prob.X, prob.y, w_new, b_new, prob.loss, prob.eps)[0]
-        if _joint_value(prob, new_loss, eta - move[-1], w_new) <= before:
-            break
-        step *= 0.5
-    return w_new, b_new, eta - move[-1]
-
-
-def _joint_value(prob, loss, eta, w):
-    """The relaxed objective at a given eta, with the penalty."""
-    value = relaxed_value(loss, prob.p, eta, prob.lam, prob.rho)
-    return value + prob.penalty(w)
