@@ -1,0 +1,148 @@
+"""The structure the code promises: cached Numba kernels call only jitted functions of
+their own file, every registered loss and the relaxation agree with NumPy (values,
+derivatives by finite differences), unknown codes raise, and the estimators see the
+solvers only through the base layer."""
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numba.core.registry import CPUDispatcher
+from scipy.special import logsumexp, softmax
+
+import sklearn_lse
+from sklearn_lse import _kernels
+from sklearn_lse._registry import LOSSES
+
+PACKAGE = Path(sklearn_lse.__file__).parent
+MODULES = [
+    importlib.import_module(f"sklearn_lse.{info.name}")
+    for info in pkgutil.iter_modules([str(PACKAGE)])
+    if info.name != "__main__"
+]
+
+
+def cached_kernels():
+    for module in MODULES:
+        for name, value in vars(module).items():
+            if isinstance(value, CPUDispatcher) and value.py_func.__module__ == module.__name__:
+                if type(value._cache).__name__ != "NullCache":  # cache=True
+                    yield module, name, value
+
+
+def test_cached_kernels_call_only_jitted_functions_of_their_own_file():
+    """Numba's cache does not notice edits to other files: a cached kernel that called a
+    jitted function of another module would keep running its old code."""
+    offenders = []
+    for module, name, kernel in cached_kernels():
+        globals_ = kernel.py_func.__globals__
+        for called in kernel.py_func.__code__.co_names:
+            target = globals_.get(called)
+            if isinstance(target, CPUDispatcher) and target.py_func.__module__ != module.__name__:
+                offenders.append(
+                    f"{module.__name__}.{name} -> {target.py_func.__module__}.{called}"
+                )
+    assert not offenders, offenders
+    assert any(True for _ in cached_kernels())
+
+
+def test_estimators_see_the_solvers_only_through_the_base_layer():
+    allowed = {"_base", "_registry", "risk"}
+    for name in ("regression", "classification"):
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        imported = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1
+        }
+        assert imported <= allowed, (name, imported - allowed)
+
+
+def numpy_loss(code, f, y, eps):
+    """The losses of MATH.md written with NumPy: value per sample."""
+    if code == _kernels.SQUARED_ERROR:
+        return (f[:, 0] - y) ** 2
+    if code == _kernels.HUBER:
+        r = np.abs(f[:, 0] - y)
+        return np.where(r <= eps, r**2, 2 * eps * r - eps**2)
+    if code == _kernels.ABSOLUTE_ERROR:
+        r = f[:, 0] - y
+        return np.sqrt(r**2 + eps**2) - eps
+    if code == _kernels.LOG_LOSS:
+        return np.logaddexp(0.0, -y * f[:, 0])
+    if code == _kernels.MULTINOMIAL:
+        return logsumexp(f, axis=1) - f[np.arange(len(y)), y.astype(int)]
+    raise AssertionError(f"no NumPy reference for loss code {code}")
+
+
+def kernel_codes():
+    return sorted({code for loss in LOSSES.values() for code in loss.codes})
+
+
+def test_the_registry_covers_every_kernel_code():
+    assert kernel_codes() == list(range(_kernels.N_LOSS_CODES))
+
+
+@pytest.mark.parametrize("code", kernel_codes())
+def test_every_kernel_loss_matches_numpy_and_its_derivatives(code):
+    rng = np.random.default_rng(code)
+    n, K = 50, (4 if code == _kernels.MULTINOMIAL else 1)
+    f = rng.normal(size=(n, K)) * 2
+    eps = 0.7
+    if code == _kernels.MULTINOMIAL:
+        y = rng.integers(0, K, n).astype(float)
+    elif code == _kernels.LOG_LOSS:
+        y = rng.choice([-1.0, 1.0], n)
+    else:
+        y = rng.normal(size=n) * 2
+    loss, grad, hess = np.empty(n), np.empty((n, K)), np.empty((n, K))
+    _kernels.pointwise_losses(code, f, y, eps, loss, grad, hess)
+    np.testing.assert_allclose(loss, numpy_loss(code, f, y, eps), rtol=1e-12, atol=1e-12)
+    h = 1e-6
+    for k in range(K):
+        e = np.zeros(K)
+        e[k] = h
+        fd = (numpy_loss(code, f + e, y, eps) - numpy_loss(code, f - e, y, eps)) / (2 * h)
+        np.testing.assert_allclose(grad[:, k], fd, rtol=1e-6, atol=1e-6)
+    # the second derivative (the class probabilities for the multinomial loss, whose
+    # Hessian is diag(s) - s s^T)
+    if code == _kernels.MULTINOMIAL:
+        np.testing.assert_allclose(hess, softmax(f, axis=1), rtol=1e-12)
+    else:
+        plus, minus = np.empty(n), np.empty(n)
+        g_plus, g_minus = np.empty((n, 1)), np.empty((n, 1))
+        _kernels.pointwise_losses(code, f + h, y, eps, plus, g_plus, np.empty((n, 1)))
+        _kernels.pointwise_losses(code, f - h, y, eps, minus, g_minus, np.empty((n, 1)))
+        fd = (g_plus - g_minus)[:, 0] / (2 * h)
+        smooth = np.ones(n, dtype=bool)
+        if code == _kernels.HUBER:  # the second derivative jumps at |r| = eps
+            smooth = np.abs(np.abs(f[:, 0] - y) - eps) > 1e-3
+        np.testing.assert_allclose(hess[smooth, 0], fd[smooth], rtol=1e-5, atol=1e-6)
+
+
+def test_an_unknown_loss_code_raises():
+    f = np.zeros((3, 1))
+    with pytest.raises(ValueError, match="unknown loss code"):
+        _kernels.pointwise_losses(_kernels.N_LOSS_CODES, f, np.zeros(3), 1.0, np.empty(3),
+                                  np.empty((3, 1)), np.empty((3, 1)))  # fmt: skip
+
+
+@pytest.mark.parametrize("rho", [0.0, 1e-6, 1e-3, 0.3])
+@pytest.mark.parametrize("lam", [0.01, 1.0])
+def test_the_relaxation_factor_and_curvature_are_the_term_s_derivatives(rho, lam):
+    """``relaxation_term(d)`` has derivative ``c`` and second derivative ``k`` in the loss
+    ``d`` above the threshold; in the softplus form, ``c = sigmoid(z) / rho``."""
+    d = np.linspace(-5, 5, 41) * lam
+    h = 1e-6 * lam
+    term = np.vectorize(lambda x: _kernels.relaxation_term(x, lam, rho))
+    weights = np.array([_kernels.relaxation_weights(x, lam, rho) for x in d])
+    c, k = weights[:, 0], weights[:, 1]
+    np.testing.assert_allclose(c, (term(d + h) - term(d - h)) / (2 * h), rtol=1e-6)
+    c_of = np.vectorize(lambda x: _kernels.relaxation_weights(x, lam, rho)[0])
+    np.testing.assert_allclose(k, (c_of(d + h) - c_of(d - h)) / (2 * h), rtol=1e-5)
+    if rho > 0:
+        z = d / lam + np.log(rho) - np.log1p(-rho)
+        np.testing.assert_allclose(c, 1 / (1 + np.exp(-z)) / rho, rtol=1e-12)
