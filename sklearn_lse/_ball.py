@@ -25,11 +25,14 @@ import numpy as np
 
 from ._kernels import centred_eta, relaxed_divergence, step_losses
 from ._objective import Snapshot
+from .risk import ball_temperature
 
 # the lam at which the objective is least squares / logistic regression to rounding (the
 # losses are normalised to about 1), and the smallest tried
 _LAM_MAX = 1e300
 _LAM_MIN_FACTOR = 1e-12
+# the bracket's search aims this factor beyond the predicted root
+_OVERSHOOT = 1.2
 
 
 def divergence(prob, snap):
@@ -77,21 +80,19 @@ def fit_ball(prob, w, b, *, radius, inner, tol, log):
     spread = float(np.max(supported) - np.min(supported))
     lam_min = _LAM_MIN_FACTOR * size
     floor = prob.objective_floor()
-    # bracket the root: D decreases with lam
+    # bracket the root (D decreases with lam), from the temperature that the radius gives
+    # the starting model's losses (the model moves little for small radii)
     lam = spread if spread > 1e-3 * size else size
+    if spread > 1e-3 * size:
+        lam = ball_temperature(losses, prob.p, radius, prob.rho)
     result, value, start = solve(lam, (w, b, None, np.nan))
-    hi = lo = None
-    if value >= radius:
-        lo = (lam, value, result)
-        while value >= radius and lam < _LAM_MAX / 10:
-            lam *= 10.0
-            result, value, start = solve(lam, start)
-            if value >= radius:
-                lo = (lam, value, result)
-        hi = (lam, value, result)
-    else:
-        hi = (lam, value, result)
-        while value < radius:
+    # move lam until the divergence crosses the radius: by the slope of log D in log lam
+    # (about -2 for small radii: D ~ var(loss) / (2 lam^2)), then by the secant of the
+    # last two points, at most a factor of 100 at a time
+    points = [(lam, value, result)]
+    slope = -2.0
+    while (value >= radius) == (points[0][1] >= radius):
+        if value < radius:
             objective = result.snapshot.objective + lam * radius
             if lam <= lam_min or lam * radius <= tol * max(abs(objective), floor):
                 # By convexity Phi(lam') >= Phi(lam) - (radius - D) (lam - lam') >=
@@ -99,11 +100,25 @@ def fit_ball(prob, w, b, *, radius, inner, tol, log):
                 # (the budget does not bind before lam -> 0, whose worst case is the
                 # maximum loss, or the CVaR at level rho)
                 return _with_ball_objective(result, lam, radius), lam
-            lam = max(lam / 10.0, lam_min)
-            result, value, start = solve(lam, start)
-            if value < radius:
-                hi = (lam, value, result)
-        lo = (lam, value, result)
+        elif lam >= _LAM_MAX / 100:
+            break
+        if len(points) > 1:
+            (l0, v0, _), (l1, v1, _) = points[-2], points[-1]
+            if v0 > 0 and v1 > 0 and v0 != v1:
+                slope = min((math.log(v1) - math.log(v0)) / (math.log(l1) - math.log(l0)), -0.1)
+        target = math.log(radius) - math.log(max(value, 1e-300))
+        factor = math.exp(min(max(target / slope, -math.log(100.0)), math.log(100.0)))
+        # a little beyond the root, so that the next point brackets it
+        factor = factor * _OVERSHOOT if factor > 1 else factor / _OVERSHOOT
+        lam = min(max(lam * factor, lam_min), _LAM_MAX)
+        result, value, start = solve(lam, start)
+        points.append((lam, value, result))
+    above = [point for point in points if point[1] >= radius]
+    below = [point for point in points if point[1] < radius]
+    if not below:  # D >= radius up to lam -> inf: the budget holds the empirical risk
+        return _with_ball_objective(result, lam, radius), lam
+    lo = max(above, key=lambda point: point[0])
+    hi = min(below, key=lambda point: point[0])
     # Illinois steps on log D - log radius in log lam, within [lo, hi]
     f_lo = math.log(lo[1]) - math.log(radius)
     f_hi = math.log(max(hi[1], 1e-300)) - math.log(radius)
