@@ -17,6 +17,7 @@ from ._base import (
     losses_of,
     target_scale,
 )
+from ._distributed import fit_estimator, is_dask_collection
 from ._registry import LOSSES, losses_for
 from .risk import empirical_weights
 
@@ -205,6 +206,10 @@ class DRORegressor(RegressorMixin, DROLinearModel):
             Fitted estimator.
         """
         self._check_solver_params()
+        if is_dask_collection(X) or is_dask_collection(y):
+            with self._transaction():
+                self._commit(fit_estimator(self, X, y, sample_weight, classifier=False))
+            return self
         with self._transaction():
             X, y, p, _ = self._validate_training_data(X, y, sample_weight, reset=True, total=False)
             scale = target_scale(y)
