@@ -657,7 +657,6 @@ def fit_estimator(estimator, X, y, sample_weight, *, classifier):
         duality_gap_=float(pt["decrement"]),
         _objective_times=None,
         _stream=None,
-        feature_names_in_=None,
-        **extra,
+        **{"feature_names_in_": None, **extra},
     )
     return attributes
