@@ -29,7 +29,7 @@ from .risk import ball_temperature
 
 # the lam at which the objective is least squares / logistic regression to rounding (the
 # losses are normalised to about 1), and the smallest tried
-_LAM_MAX = 1e300
+LAM_MAX = _LAM_MAX = 1e300
 _LAM_MIN_FACTOR = 1e-12
 # the bracket's search aims this factor beyond the predicted root
 _OVERSHOOT = 1.2
@@ -58,48 +58,61 @@ def fit_ball(prob, w, b, *, radius, inner, tol, log):
         result = inner(prob.with_lam(_LAM_MAX), w, b, None, np.nan)
         return _with_ball_objective(result, _LAM_MAX, 0.0), _LAM_MAX
 
-    cache = {}
-
     def solve(lam, start):
         prob_lam = prob.with_lam(lam)
         w0, b0, lam0, eta0 = start
         result = inner(prob_lam, w0, b0, lam0, eta0)
         value = divergence(prob_lam, result.snapshot)
-        cache[lam] = (result, value)
         log.note(f"lam={lam:.6g}: divergence {value:.6g} (radius {radius:.6g})")
-        snap = result.snapshot
-        return result, value, (snap.w, snap.b, lam, snap.eta)
+        return result, value
 
     F = prob.predictions(w, b)
     losses = np.empty(prob.n_samples)
     step_losses(prob.loss, F, F, 0.0, prob.y, prob.eps, losses)
     supported = losses[prob.weights(slice(None)) > 0]
     # the losses' spread at the start (their mean when they are all equal, as for the
-    # classifier's constant start) sets the first temperature
+    # classifier's constant start) sets the first temperature, or better the one that the
+    # radius gives the starting model's losses (the model moves little for small radii)
     size = max(float(np.max(np.abs(supported))), 1e8 * prob.objective_floor())
     spread = float(np.max(supported) - np.min(supported))
-    lam_min = _LAM_MIN_FACTOR * size
-    floor = prob.objective_floor()
-    # bracket the root (D decreases with lam), from the temperature that the radius gives
-    # the starting model's losses (the model moves little for small radii)
-    lam = spread if spread > 1e-3 * size else size
+    lam = size
     if spread > 1e-3 * size:
         lam = ball_temperature(losses, prob.p, radius, prob.rho)
-    result, value, start = solve(lam, (w, b, None, np.nan))
-    # move lam until the divergence crosses the radius: by the slope of log D in log lam
-    # (about -2 for small radii: D ~ var(loss) / (2 lam^2)), then by the secant of the
-    # last two points, at most a factor of 100 at a time
+    lam, result = search_temperature(
+        solve, lam, (w, b, None, np.nan), radius=radius, lam_min=_LAM_MIN_FACTOR * size,
+        tol=tol, floor=prob.objective_floor(),
+        objective_of=lambda result: result.snapshot.objective,
+        start_of=lambda result, lam: (
+            result.snapshot.w, result.snapshot.b, lam, result.snapshot.eta
+        ),
+    )  # fmt: skip
+    return _with_ball_objective(result, lam, radius), lam
+
+
+def search_temperature(solve, lam, start, *, radius, lam_min, tol, floor, objective_of, start_of):
+    """The temperature of the ball: the root of ``D(lam) = radius``, from a first guess.
+
+    ``solve(lam, start)`` fits the penalised problem at ``lam`` from ``start`` and returns
+    (its result, the divergence of its worst case); ``objective_of(result)`` is the
+    penalised objective and ``start_of(result, lam)`` the warm start it gives. lam moves
+    until the divergence crosses the radius, by the slope of ``log D`` in ``log lam``
+    (about -2 for small radii: ``D ~ var(loss) / (2 lam^2)``), then by the secant of the
+    last two points, at most a factor of 100 at a time; then the Illinois method narrows
+    the bracket until ``|radius - D| * width <= tol * |objective|`` (``Phi`` being convex,
+    that bounds ``Phi(lam) - Phi*``). Returns (lam, result)."""
+    result, value = solve(lam, start)
+    start = start_of(result, lam)
     points = [(lam, value, result)]
     slope = -2.0
     while (value >= radius) == (points[0][1] >= radius):
         if value < radius:
-            objective = result.snapshot.objective + lam * radius
+            objective = objective_of(result) + lam * radius
             if lam <= lam_min or lam * radius <= tol * max(abs(objective), floor):
                 # By convexity Phi(lam') >= Phi(lam) - (radius - D) (lam - lam') >=
                 # Phi(lam) - lam radius for every smaller lam': within tol of the optimum
                 # (the budget does not bind before lam -> 0, whose worst case is the
                 # maximum loss, or the CVaR at level rho)
-                return _with_ball_objective(result, lam, radius), lam
+                return lam, result
         elif lam >= _LAM_MAX / 100:
             break
         if len(points) > 1:
@@ -111,15 +124,15 @@ def fit_ball(prob, w, b, *, radius, inner, tol, log):
         # a little beyond the root, so that the next point brackets it
         factor = factor * _OVERSHOOT if factor > 1 else factor / _OVERSHOOT
         lam = min(max(lam * factor, lam_min), _LAM_MAX)
-        result, value, start = solve(lam, start)
+        result, value = solve(lam, start)
+        start = start_of(result, lam)
         points.append((lam, value, result))
     above = [point for point in points if point[1] >= radius]
     below = [point for point in points if point[1] < radius]
     if not below:  # D >= radius up to lam -> inf: the budget holds the empirical risk
-        return _with_ball_objective(result, lam, radius), lam
+        return lam, result
     lo = max(above, key=lambda point: point[0])
     hi = min(below, key=lambda point: point[0])
-    # Illinois steps on log D - log radius in log lam, within [lo, hi]
     f_lo = math.log(lo[1]) - math.log(radius)
     f_hi = math.log(max(hi[1], 1e-300)) - math.log(radius)
     side = 0
@@ -127,11 +140,8 @@ def fit_ball(prob, w, b, *, radius, inner, tol, log):
         lam_lo, lam_hi = lo[0], hi[0]
         best = lo if abs(f_lo) < abs(f_hi) else hi
         bound = abs(radius - best[1]) * (lam_hi - lam_lo)
-        objective = best[2].snapshot.objective + best[0] * radius
-        if (
-            bound <= tol * max(abs(objective), prob.objective_floor())
-            or lam_hi / lam_lo < 1 + 1e-12
-        ):
+        objective = objective_of(best[2]) + best[0] * radius
+        if bound <= tol * max(abs(objective), floor) or lam_hi / lam_lo < 1 + 1e-12:
             break
         t_lo, t_hi = math.log(lam_lo), math.log(lam_hi)
         t = t_lo + (t_hi - t_lo) * f_lo / (f_lo - f_hi) if f_lo != f_hi else 0.5 * (t_lo + t_hi)
@@ -139,8 +149,7 @@ def fit_ball(prob, w, b, *, radius, inner, tol, log):
             t = 0.5 * (t_lo + t_hi)
         lam = math.exp(t)
         near = lo if abs(t - t_lo) < abs(t - t_hi) else hi
-        snap = near[2].snapshot
-        result, value, _ = solve(lam, (snap.w, snap.b, near[0], snap.eta))
+        result, value = solve(lam, start_of(near[2], near[0]))
         f = math.log(max(value, 1e-300)) - math.log(radius)
         if f > 0:  # still above the radius: the new low end
             lo, f_lo = (lam, value, result), f
@@ -153,7 +162,7 @@ def fit_ball(prob, w, b, *, radius, inner, tol, log):
                 f_lo *= 0.5
             side = -1
     lam, _, result = lo if abs(f_lo) < abs(f_hi) else hi
-    return _with_ball_objective(result, lam, radius), lam
+    return lam, result
 
 
 def _with_ball_objective(result, lam, radius):

@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from . import risk
 from ._ball import fit_ball
 from ._curvature import uses_arrow_hessian
+from ._distributed import fit_estimator, is_dask_collection
 from ._kernels import exact_risk, step_losses
 from ._objective import factors, losses_of, snapshot
 from ._problem import Problem, least_squares_start
@@ -40,6 +41,8 @@ __all__ = [
     "StrOptions",
     "_fit_context",
     "check_csr",
+    "fit_estimator",
+    "is_dask_collection",
     "least_squares_start",
     "loss_code",
     "losses_of",

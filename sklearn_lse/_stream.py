@@ -110,14 +110,14 @@ class Stream:
         return stream
 
     def add_prior(self, prob, weight):
-        """Take the current model as the optimum of a block of total weight ``weight``
-        with the curvature of the block ``prob`` there (a model fitted on other data,
-        which the stream continues from)."""
+        """Take the current model (fitted on other data, which the stream continues
+        from) as the point where the data it was fitted on, taken to be like the block
+        ``prob`` with the total weight ``weight``, have their quadratic model."""
         w, b, eta = self.model()
         kept = dataclasses.replace(prob, p=prob.weights(slice(None)) * weight)
         value, g, H = block_terms(kept, self, w, b, eta, terms_only=True)
-        self.A, self.beta = H, H @ self.u
-        self.gamma = value - 0.5 * self.u @ H @ self.u
+        self.A, self.beta = H, H @ self.u - g
+        self.gamma = value - g @ self.u + 0.5 * self.u @ H @ self.u
         self.weight = float(weight)
 
     def to_standard(self, w, b, eta):
@@ -170,7 +170,9 @@ class Stream:
                 "model (values far larger than those of the earlier blocks?). Scale the "
                 "features and the target alike in every block."
             )
-        before = self.objective(self._kept(prob)) if self.weight > 0 else np.nan
+        past = self._kept(prob) if self.weight > 0 else None
+        before = self.objective(past) if past is not None else np.nan
+        past_weight = self.weight
         self.weight += weight
         self.rows += prob.X.shape[0]
         self.X = _stack(self.X, prob.X)
@@ -180,12 +182,16 @@ class Stream:
         first = self.n_iter == 0 and not np.any(self.A)
         self._minimise(kept, step, max_iter=_FIRST_ITER if first else _BLOCK_ITER)
         after = self.objective(kept)
-        if np.isfinite(before):
+        if past is not None:
+            # the objective of the blocks seen before, at the new iterate
+            w, b, eta = self.model()
+            with np.errstate(over="ignore", invalid="ignore"):
+                moved = block_value(past, w, b, eta) + self._quadratic(self.u) / past_weight
             scale = max(before, 1e6 * prob.objective_floor())
-            if not after <= _REFUSE_FACTOR * scale:
+            if not moved <= _REFUSE_FACTOR * scale:
                 raise ValueError(
-                    "partial_fit refused this block: with it, the objective of the stream "
-                    f"would rise from {before:.4g} to {after:.4g} (more than "
+                    "partial_fit refused this block: its update would raise the objective of "
+                    f"the blocks seen so far from {before:.4g} to {moved:.4g} (more than "
                     f"{_REFUSE_FACTOR:g} times). Is it in the units of the earlier blocks, "
                     "from the same distribution, and shuffled?"
                 )

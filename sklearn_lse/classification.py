@@ -9,7 +9,16 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
-from ._base import DROLinearModel, StrOptions, _fit_context, loss_code, losses_of, with_docs
+from ._base import (
+    DROLinearModel,
+    StrOptions,
+    _fit_context,
+    fit_estimator,
+    is_dask_collection,
+    loss_code,
+    losses_of,
+    with_docs,
+)
 from ._registry import losses_for
 from .risk import empirical_weights
 
@@ -155,7 +164,10 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
         """
         self._check_solver_params()
         with self._transaction():
-            self._commit(self._fit(X, y, sample_weight))
+            if is_dask_collection(X) or is_dask_collection(y):
+                self._commit(fit_estimator(self, X, y, sample_weight, classifier=True))
+            else:
+                self._commit(self._fit(X, y, sample_weight))
         return self
 
     def _fit(self, X, y, sample_weight):

@@ -12,6 +12,8 @@ from ._base import (
     Interval,
     StrOptions,
     _fit_context,
+    fit_estimator,
+    is_dask_collection,
     least_squares_start,
     loss_code,
     losses_of,
@@ -161,6 +163,10 @@ class DRORegressor(RegressorMixin, DROLinearModel):
             Fitted estimator.
         """
         self._check_solver_params()
+        if is_dask_collection(X) or is_dask_collection(y):
+            with self._transaction():
+                self._commit(fit_estimator(self, X, y, sample_weight, classifier=False))
+            return self
         with self._transaction():
             X, y, p, _ = self._validate_training_data(X, y, sample_weight, reset=True, total=False)
             scale = target_scale(y)

@@ -1,5 +1,6 @@
-"""partial_fit: streaming blocks reach the objective of fit with as many passes; bad blocks
-are refused and leave the model as it was."""
+"""partial_fit: shuffled blocks reach the optimum of the whole stream (heavy tails, binary
+and multinomial logistic, one-hot columns constant within blocks); bad blocks are refused
+and leave the model as it was."""
 
 import copy
 import warnings
@@ -89,9 +90,9 @@ def assert_same_state(a, b):
     assert a.keys() == b.keys()
     for key in a:
         if key == "_stream":
-            for name in ("w", "b", "eta"):
-                np.testing.assert_array_equal(a[key][name], b[key][name])
-            assert a[key]["weight"] == b[key]["weight"]
+            for name in ("u", "A", "beta", "X", "y", "sw"):
+                np.testing.assert_array_equal(getattr(a[key], name), getattr(b[key], name))
+            assert a[key].weight == b[key].weight and a[key].n_iter == b[key].n_iter
         else:
             np.testing.assert_array_equal(a[key], b[key])
 
@@ -135,3 +136,95 @@ def test_classifier_first_call_needs_classes():
     model.partial_fit(X[y != 2], y[y != 2], classes=[0, 1, 2])
     assert model.coef_.shape == (3, 10)
     assert model.predict_proba(X).shape == (300, 3)
+
+
+def relative_gaps(model, X, y, block, n_passes, seed=0, **kwargs):
+    """The relative suboptimality of the whole-stream objective after each pass over
+    shuffled blocks (the blocks' order drawn again every pass)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    X, y = X[order], y[order]
+    reference = model.__class__(**model.get_params()).set_params(solver="newton", tol=1e-10)
+    best = objective(reference.fit(X, y), X, y)
+    starts = np.arange(0, len(y), block)
+    gaps = []
+    for _ in range(n_passes):
+        for start in rng.permutation(starts):
+            model.partial_fit(X[start : start + block], y[start : start + block], **kwargs)
+        gaps.append((objective(model, X, y) - best) / best)
+    return gaps
+
+
+def heavy_tailed(n, df, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 8)) * np.logspace(-1, 1, 8)
+    y = X @ rng.normal(size=8) + rng.standard_t(df, size=n)
+    residual = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
+    return X, y, 0.3 * float(np.median(residual**2))
+
+
+def one_hot_data(n=6000, seed=0):
+    """Two numeric columns and two categorical ones, one-hot with every level (the
+    dummies of a category sum to 1), with rare levels: most blocks of 100 rows have
+    constant dummy columns."""
+    rng = np.random.default_rng(seed)
+    numeric = rng.normal(size=(n, 2))
+    first = rng.choice(5, size=n, p=[0.6, 0.25, 0.1, 0.04, 0.01])
+    second = rng.choice(4, size=n, p=[0.5, 0.3, 0.15, 0.05])
+    X = np.column_stack((numeric, np.eye(5)[first], np.eye(4)[second]))
+    effect = np.array([0.0, 0.5, -1.0, 2.0, 4.0])[first] + np.array([0, 1, -1, 3.0])[second]
+    y = numeric @ [1.0, -0.5] + effect + rng.standard_t(4, size=n) * 0.5
+    return X, y
+
+
+@pytest.mark.parametrize("df, rho, block", [(1.5, 1e-2, 500), (3.0, 1e-3, 2000)])
+def test_heavy_tailed_stream_converges_to_the_whole_stream_optimum(df, rho, block):
+    X, y, lam = heavy_tailed(10000, df)
+    gaps = relative_gaps(DRORegressor(lam=lam, rho=rho, random_state=0), X, y, block, 3)
+    assert gaps[0] <= 1e-3
+    assert gaps[-1] <= 1e-4
+    assert all(later <= earlier + 1e-6 for earlier, later in zip(gaps[:-1], gaps[1:], strict=True))
+
+
+def test_one_hot_columns_constant_within_blocks():
+    X, y = one_hot_data()
+    gaps = relative_gaps(DRORegressor(lam=1.0, rho=1e-2), X, y, 100, 2)
+    assert gaps[0] <= 1e-3 and gaps[1] <= 1e-4
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_classifier_stream_converges_to_the_whole_stream_optimum(n_classes):
+    X, y = classification_data(n_classes, n=6000)
+    model = DROClassifier(lam=0.5, rho=1e-2, random_state=0)
+    gaps = relative_gaps(model, X, y, 300, 2, classes=np.unique(y))
+    assert gaps[0] <= 1e-3 and gaps[1] <= 1e-4
+
+
+def test_a_block_in_other_units_is_refused_and_leaves_the_model_unchanged():
+    X, y = regression_data(3000)
+    model = DRORegressor(lam=1.0, rho=1e-2)
+    for rows in np.array_split(np.arange(2000), 4):
+        model.partial_fit(X[rows], y[rows])
+    before = state(model)
+    with pytest.raises(ValueError, match="refused this block"):
+        model.partial_fit(X[2000:] * 1e200, y[2000:])
+    assert_same_state(state(model), before)
+    model.partial_fit(X[2000:], y[2000:])
+    assert model.n_iter_ == 5
+
+
+def test_a_tiny_first_block_warns_with_the_block_size_that_works():
+    X, y = regression_data(300)
+    with pytest.warns(UserWarning, match="Blocks of at least 100 rows"):
+        DRORegressor().partial_fit(X[:12], y[:12])
+
+
+def test_the_stream_state_pickles():
+    import pickle
+
+    X, y = regression_data(2000)
+    model = DRORegressor(rho=1e-2).partial_fit(X[:1000], y[:1000])
+    clone = pickle.loads(pickle.dumps(model))
+    model.partial_fit(X[1000:], y[1000:])
+    clone.partial_fit(X[1000:], y[1000:])
+    np.testing.assert_array_equal(model.coef_, clone.coef_)
