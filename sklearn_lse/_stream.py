@@ -416,6 +416,10 @@ def block_terms(prob, stream, w, b, eta, terms_only=False):
     return value, g, full
 
 
+class SmallBlockWarning(UserWarning):
+    """A block of a stream is too small for what the update needs from it."""
+
+
 def warn_small_block(prob, *, first):
     """Warn about a block too small for what the update needs from it."""
     n, dim = prob.X.shape[0], prob.dim
@@ -424,6 +428,6 @@ def warn_small_block(prob, *, first):
             f"The first block of the stream has {n} rows for {dim} variables: its solution, "
             "which the later blocks start from, is poorly determined. Blocks of at least "
             f"{max(100, 2 * dim)} rows work.",
-            UserWarning,
+            SmallBlockWarning,
             stacklevel=5,
         )

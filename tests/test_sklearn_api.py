@@ -1,6 +1,8 @@
 """scikit-learn compliance of the estimators: common checks, meta-estimators, pandas input
 and metadata routing."""
 
+import warnings
+
 import numpy as np
 import pytest
 import sklearn
@@ -10,6 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_lse import DROClassifier, DRORegressor
+from sklearn_lse._stream import SmallBlockWarning
 
 # The sgd solver converges tightly enough that even the sample-weight equivalence checks
 # (from which scikit-learn exempts its own SGD estimators) pass. The one expected failure
@@ -41,7 +44,11 @@ def _listed(mark):
     )
 )
 def test_sklearn_common_checks(estimator, check):
-    check(estimator)
+    # the checks' partial_fit on 15 rows of 16 coefficients rightly warns that such a
+    # first block poorly determines the stream's start; the warning is tested elsewhere
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallBlockWarning)
+        check(estimator)
 
 
 def regression_data(n=300, seed=0):
