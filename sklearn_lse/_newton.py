@@ -34,6 +34,7 @@ direction's predictions. Everything that runs per sample is in :mod:`sklearn_lse
 import math
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 from ._kernels import (
@@ -72,6 +73,8 @@ _SCREEN_CANDIDATES = 256
 _STAGE_FACTOR = 10.0
 # the loose tolerance of an intermediate stage, in units of its lam
 _STAGE_TOL = 0.25
+# curvature below this share of the largest is rounding (dropped from the steps)
+_RELATIVE_CURVATURE = 1e-12
 
 
 class _Rows:
@@ -323,13 +326,45 @@ def _system(prob, rows, irls=False, exact=True):
     free = np.ones(D, dtype=bool)
     if not prob.fit_intercept:
         free[d * K :] = False
+    flat = _flat_shifts(prob)
     if irls:
-        return g, H, free
+        return g, H, free, flat
     M = np.empty((D + 1, D + 1))
     M[:D, :D] = H
     M[:D, D] = M[D, :D] = h.ravel()
     M[D, D] = h_eta
-    return g, M, np.append(free, True)
+    return g, M, np.append(free, True), flat
+
+
+def _flat_shifts(prob):
+    """The coordinates (flattened, one row of K per direction) along whose equal shift
+    the objective is flat: the softmax does not change when all classes' coefficients of
+    a feature (or their intercepts) move together, so each unpenalised row of the
+    multinomial model (the intercepts; every row for ``alpha=0``) is such a direction.
+    The solves keep the gradient and the steps orthogonal to them: a factorisation would
+    otherwise turn rounding along them into a drift of the coefficients."""
+    d, K = prob.X.shape[1], prob.n_outputs
+    if K == 1:
+        return np.empty((0, 1), dtype=np.intp)
+    rows = np.flatnonzero(prob.penalty_curvature == 0)
+    if prob.fit_intercept:
+        rows = np.append(rows, d)
+    return rows[:, None] * K + np.arange(K)[None, :]
+
+
+def _project(v, flat):
+    """``v`` without its components along the flat shifts (positions in ``v``)."""
+    if flat.size:
+        v = v.copy()
+        v[flat] -= v[flat].mean(axis=1, keepdims=True)
+    return v
+
+
+def _positions(index, flat):
+    """The flat shifts as positions among the free coordinates ``index`` (the fixed
+    ones, the intercepts without fit_intercept, are whole rows)."""
+    inside = np.all(np.isin(flat, index), axis=1)
+    return np.searchsorted(index, flat[inside])
 
 
 def _gram(Xc, a):
@@ -351,63 +386,121 @@ def _add_gram(H, Z, A):
                 H[:, b, :, a] += block.T
 
 
-def _solve(M, rhs, free):
-    """``M^+ rhs`` on the free coordinates, and ``rhs^T M^+ rhs``, by an
-    eigendecomposition that drops the directions of rounding-size curvature (collinear
-    columns, the softmax's shift of all classes' intercepts): a step along them would
-    only amplify rounding."""
+def _eigen(H):
+    """The eigendecomposition of ``H`` without the directions of rounding-size curvature
+    (collinear columns, the softmax's shift of all classes' intercepts): a step along them
+    would only amplify rounding."""
+    ev, V = np.linalg.eigh(H)
+    keep = ev > _RELATIVE_CURVATURE * max(float(ev.max()), 1e-300)
+    return ev[keep], V[:, keep]
+
+
+def _cholesky(H, mu=0.0):
+    """The Cholesky factor of ``H + mu I``, ``H`` shifted by its rounding-size curvature
+    (which moves solutions only along the directions :func:`_eigen` drops, where the
+    objective is flat to rounding), or None where even so it is not positive definite."""
+    top = float(np.max(np.diag(H))) if H.size else 0.0
+    if not (top > 0 and np.isfinite(top)):
+        return None
+    shifted = H + (mu + _RELATIVE_CURVATURE * top) * np.eye(H.shape[0])
+    try:
+        return scipy.linalg.cho_factor(shifted, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+
+
+def _inverse_times(H, g, flat):
+    """``H^+ g`` by a Cholesky factorisation (some 20 times cheaper than the
+    eigendecomposition, the fallback), orthogonal to the flat shifts (``g`` is), and the
+    eigendecomposition if it took one."""
+    factor = _cholesky(H)
+    if factor is not None:
+        return _project(scipy.linalg.cho_solve(factor, g, check_finite=False), flat), None
+    ev, V = _eigen(H)
+    return _project(V @ ((V.T @ g) / ev), flat), (ev, V)
+
+
+def _solve(M, rhs, free, flat):
+    """``M^+ rhs`` on the free coordinates, and ``rhs^T M^+ rhs``."""
     index = np.flatnonzero(free)
-    ev, V = np.linalg.eigh(M[np.ix_(index, index)])
-    keep = ev > 1e-12 * max(float(ev.max()), 1e-300)
-    ev, V = ev[keep], V[:, keep]
-    coef = (V.T @ rhs[index]) / ev
+    flat = _positions(index, flat)
+    rhs_free = _project(rhs[index], flat)
+    x, _ = _inverse_times(M[np.ix_(index, index)], rhs_free, flat)
     out = np.zeros_like(rhs)
-    out[index] = V @ coef
-    return out, float(np.sum(coef * (V.T @ rhs[index])))
+    out[index] = x
+    return out, float(rhs_free @ x)
 
 
 class _Model:
     """The quadratic model of the objective in the standardised coefficients, with eta
-    eliminated (the Schur complement of the joint Hessian), in its eigenbasis: the Newton
-    step, the decrement, and the trust-region steps ``-(H + mu I)^-1 g`` of any length."""
+    eliminated (the Schur complement of the joint Hessian): the Newton step and the
+    decrement, and the trust-region steps ``-(H + mu I)^-1 g`` of a given length, by
+    Cholesky factorisations (the eigendecomposition where they fail)."""
 
-    def __init__(self, g, M, free):
+    def __init__(self, g, M, free, flat):
         D = g.shape[0]
         index = np.flatnonzero(free[:D])
+        self.flat = _positions(index, flat)
         H = M[:D, :D][np.ix_(index, index)]
         h = M[:D, D][index]
         h_eta = M[D, D]
         if h_eta > 0:
             H = H - np.outer(h, h) / h_eta
-        ev, V = np.linalg.eigh(H)
-        keep = ev > 1e-12 * max(float(ev.max()), 1e-300)  # as in _solve
-        self.ev, self.V = ev[keep], V[:, keep]
+        self.H, self.g = H, _project(g[index], self.flat)
         self.index, self.D = index, D
-        self.gv = self.V.T @ g[index]
-        self.decrement = 0.5 * float(np.sum(self.gv**2 / self.ev))
-        self.newton_length = float(np.sqrt(np.sum((self.gv / self.ev) ** 2)))
+        self.newton, self.eigen = _inverse_times(H, self.g, self.flat)
+        self.decrement = 0.5 * float(self.g @ self.newton)
+        self.newton_length = float(np.sqrt(np.sum(self.newton**2)))
 
     def step(self, radius):
-        """The minimiser of the model within ``radius`` (Euclidean), its length, the
-        model's predicted decrease, and whether it is the Newton step."""
-        newton = self.newton_length <= radius
-        mu = 0.0
-        if not newton:
-            # ||s(mu)|| decreases from above radius at mu = 0 to below it at |g| / radius:
-            # bisection in log mu
-            hi = float(np.sqrt(np.sum(self.gv**2))) / radius
-            lo = hi * 1e-30
-            for _ in range(80):
-                mu = math.sqrt(lo * hi)
-                length = float(np.sqrt(np.sum((self.gv / (self.ev + mu)) ** 2)))
-                if abs(length - radius) <= 1e-3 * radius:
-                    break
-                lo, hi = (mu, hi) if length > radius else (lo, mu)
-        coef = -self.gv / (self.ev + mu)
+        """The minimiser of the model within ``radius`` (Euclidean, to 0.1%), its length,
+        the model's predicted decrease, and whether it is the Newton step."""
         s = np.zeros(self.D)
-        s[self.index] = self.V @ coef
-        predicted = -float(np.sum(self.gv * coef) + 0.5 * np.sum(self.ev * coef**2))
-        return s, float(np.sqrt(np.sum(coef**2))), predicted, newton
+        if self.newton_length <= radius:
+            s[self.index] = -self.newton
+            return s, self.newton_length, self.decrement, True
+        x = self._constrained(radius) if self.eigen is None else None
+        if x is None:
+            x = self._constrained_eigen(radius)
+        s[self.index] = x
+        predicted = -float(self.g @ x + 0.5 * x @ (self.H @ x))
+        return s, float(np.sqrt(np.sum(x**2))), predicted, False
+
+    def _constrained(self, radius):
+        """The trust-region step by the Newton iteration on ``1 / ||s(mu)|| = 1 /
+        radius`` (More and Sorensen; Nocedal and Wright, Algorithm 4.3): from ``mu = 0``,
+        where the step is too long, it rises monotonically to the root. None where a
+        factorisation fails."""
+        mu = 0.0
+        for _ in range(50):
+            factor = _cholesky(self.H, mu)
+            if factor is None:
+                return None
+            x = -_project(scipy.linalg.cho_solve(factor, self.g, check_finite=False), self.flat)
+            length = float(np.sqrt(x @ x))
+            if abs(length - radius) <= 1e-3 * radius:
+                break
+            q = scipy.linalg.solve_triangular(factor[0], x, lower=True, check_finite=False)
+            mu = max(mu + (length / radius) * (length - radius) * length / float(q @ q), 0.0)
+        return x
+
+    def _constrained_eigen(self, radius):
+        """The trust-region step from the eigendecomposition: bisection in ``log mu``,
+        where ``||s(mu)||`` decreases from above ``radius`` at 0 to below it at
+        ``|g| / radius``."""
+        if self.eigen is None:
+            self.eigen = _eigen(self.H)
+        ev, V = self.eigen
+        gv = V.T @ self.g
+        hi = float(np.sqrt(np.sum(gv**2))) / radius
+        lo = hi * 1e-30
+        for _ in range(80):
+            mu = math.sqrt(lo * hi)
+            length = float(np.sqrt(np.sum((gv / (ev + mu)) ** 2)))
+            if abs(length - radius) <= 1e-3 * radius:
+                break
+            lo, hi = (mu, hi) if length > radius else (lo, mu)
+        return _project(V @ (-gv / (ev + mu)), self.flat)
 
 
 def certificate(prob, w, b, eta_guess=np.nan):
@@ -445,8 +538,8 @@ def _certificate(prob, rows, scale):
     """The duality gap at the current point, relative to ``scale`` (see the module
     docstring): exact for the squared error, the weighted problem's Newton decrement
     otherwise."""
-    g, H, free = _system(prob, rows, irls=True)
-    _, gap = _solve(H, g, free)
+    g, H, free, flat = _system(prob, rows, irls=True)
+    _, gap = _solve(H, g, free, flat)
     return 0.5 * gap / scale
 
 
