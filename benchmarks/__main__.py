@@ -12,7 +12,12 @@ and prints the tables. Sections:
 3. against the ``dro`` package, on the same KL-ball objective (``compare_dro.py``);
 4. peak memory of a fit relative to X (``memory.py``);
 5. Numba compilation (``bench_compile.py``);
-6. entropic optimal transport against POT (``bench_transport.py``, skipped without POT).
+6. entropic optimal transport against POT (``bench_transport.py``, skipped without POT);
+7. the robustness setting on real data: held-out average and worst-group error against
+   the radius, as ratios to least squares / logistic regression
+   (``robustness_settings.py``);
+8. the hard grid of issue 12: time to tolerance of every solver against an ordinary fit
+   (``hard_grid.py``; ``--huge`` adds n = 1e7 on four cells).
 """
 
 import argparse
@@ -28,8 +33,10 @@ from . import (
     bench_sparse,
     bench_transport,
     compare_dro,
+    hard_grid,
     memory,
     paper,
+    robustness_settings,
     scaling,
 )
 
@@ -47,6 +54,9 @@ def main(argv=None):
     size.add_argument("--quick", action="store_true", help="small sizes (default)")
     size.add_argument("--full", action="store_true", help="the sizes the README quotes")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument(
+        "--huge", action="store_true", help="the hard grid also at n = 1e7 (X is 1.6 GB)"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,6 +93,11 @@ def main(argv=None):
         section("Entropic optimal transport against POT", "POT is not installed: skipped.")
     else:
         section("Entropic optimal transport against POT", captured(bench_transport.main, flag))
+    section("The robustness setting on real data", robustness_settings.report(quick))
+    section(
+        "Hard grid: time to tolerance",
+        hard_grid.report(quick, args.huge, progress=hard_grid.progress),
+    )
     mode = "quick" if quick else "full"
     header = (
         f"# sklearn_lse benchmarks ({mode}, {time.perf_counter() - start:.0f} s)\n\n"

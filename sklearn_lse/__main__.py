@@ -36,31 +36,15 @@ from threadpoolctl import threadpool_limits
 from . import DROClassifier, DRORegressor, _numba_cache
 
 C_GRID = {"C": [1e-3, 1e-2, 1e-1, 1.0, 10.0]}
-DRO_GRID = {"lam": [0.1, 0.3, 1.0, 3.0], "rho": [1e-2, 1e-1], "alpha": [1e-3, 1e-2, 1e-1]}
-DRO_GRID_QUICK = {"lam": [1.0, 3.0], "rho": [1e-2], "alpha": [1e-2]}
+# the KL budget (radius, in nats) and the penalty, the estimator's other parameters at
+# their defaults (rho="auto": the exact KL-DRO risk)
+DRO_GRID = {"radius": [0.1, 0.3, 1.0], "alpha": [1e-2, 1e-1]}
+DRO_GRID_QUICK = {"radius": [0.3], "alpha": [1e-2]}
 CV = 3
 N_JOBS = 2
 # seconds: loading the kernels from a warm cache takes well under this, compiling them
 # 15-30 s
 COLD_AFTER = 3.0
-
-# DROClassifier runs with the library's defaults (solver="sgd") unless --solver says
-# otherwise. On this small problem (600 training rows per fold, 65 x 10 = 650
-# coefficients) the default is 7-10 times slower than solver="lbfgs" for the same
-# optimum (the fitted risks agree to 5 digits, and the tables come out the same): each of
-# its epochs eigendecomposes the exact 650 x 650 Hessian, which costs more than the
-# passes over 600 rows, where L-BFGS needs gradients only. Measured on 2 shared cores
-# with a warm Numba cache: the whole demo takes 235 s with the default (231 s of it in
-# the DROClassifier grid searches; 176 s and 174 s after the solver rewrite of
-# 2026-12-01, still spent in the eigendecompositions) against 24 s with --solver lbfgs
-# (22 s).
-# SLOW_SOLVER_NOTE says so in the output.
-SLOW_SOLVER_NOTE = (
-    "Note: DROClassifier ran its default solver, 'sgd', whose epochs each eigendecompose "
-    "the exact Hessian (650 x 650 here: 65 coefficients x 10 classes); on 600 rows that "
-    "costs more than the data passes, and solver='lbfgs' reaches the same optimum 7-10 "
-    "times faster on data this small (python -m sklearn_lse --solver lbfgs)."
-)
 
 
 class Progress:
@@ -210,7 +194,7 @@ def warm_up(progress, solver_params):
     def fit_both():
         clf = DROClassifier(random_state=0, **solver_params).fit(Xc, yc)
         clf.predict_proba(Xc[:10])
-        DRORegressor(rho=1e-2, random_state=0, **solver_params).fit(Xr, yr).predict(Xr)
+        DRORegressor(random_state=0, **solver_params).fit(Xr, yr).predict(Xr)
 
     progress.set_stage("loading the compiled Numba kernels")
     start = time.perf_counter()
@@ -267,7 +251,7 @@ def _classification(seed, quick, solver_params, progress):
     noisy = corrupt_labels(ytr, np.random.default_rng(seed))
     progress.set_stage(f"digits, seed {seed}: LogisticRegression, C by cross-validation")
     logreg, t_lr = grid_search(LogisticRegression(max_iter=5000), C_GRID, Xtr, noisy, progress)
-    progress.set_stage(f"digits, seed {seed}: DROClassifier, lam, rho and alpha likewise")
+    progress.set_stage(f"digits, seed {seed}: DROClassifier, radius and alpha likewise")
     dro, t_dro = grid_search(
         DROClassifier(random_state=seed, **solver_params),
         DRO_GRID_QUICK if quick else DRO_GRID,
@@ -297,25 +281,21 @@ def regression(seed, quick, solver_params, progress):
     X, y, _ = regression_data(n, rng)
     Xte, yte, gte = regression_data(20000, rng)
     progress.set_stage("regression: LinearRegression and DRORegressor")
-    # lam stays at its default, 1.0 (close to the median squared residual of least
-    # squares here, 0.64). rho is 0.01, not the default 0.001: with a cap of 1000x on the
-    # up-weighting of single samples, the fit follows the largest residuals of the noisy
-    # group and doubles its average-error price again, for no gain on the group.
-    models = (
-        ("LinearRegression", LinearRegression(), ""),
-        (
-            "DRORegressor",
-            DRORegressor(rho=1e-2, random_state=seed, **solver_params),
-            "lam = 1 (default), rho = 0.01",
-        ),
-    )
     rows = []
-    for name, model, note in models:
+    for name, model in (
+        ("LinearRegression", LinearRegression()),
+        ("DRORegressor", DRORegressor(random_state=seed, **solver_params)),
+    ):
         start = time.perf_counter()
         model.fit(X, y)
         seconds = time.perf_counter() - start
         progress.advance()
         err = (model.predict(Xte) - yte) ** 2
+        note = (
+            f"the defaults: a KL ball of radius {model.radius_:g}"
+            if name != "LinearRegression"
+            else ""
+        )
         rows.append((name, err[gte].mean(), err.mean(), seconds, note))
     return rows
 
@@ -404,8 +384,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="one seed, smaller grid and data")
     parser.add_argument(
         "--solver",
-        choices=["sgd", "lbfgs"],
-        help="solver of the DRO models (default: the estimators' default, sgd)",
+        choices=["newton", "lbfgs", "sgd"],
+        help="solver of the DRO models (default: the estimators' default, 'auto': newton)",
     )
     parser.add_argument(
         "--plot", metavar="FILE.png", help="save a figure of the results (needs matplotlib)"
@@ -420,7 +400,7 @@ def main(argv=None):
     seeds = [args.seed] if args.quick else [args.seed, args.seed + 1, args.seed + 2]
     print("sklearn_lse demo: KL-DRO models against their ERM counterparts\n", flush=True)
     with warnings.catch_warnings(), Progress(count_fits(seeds, args.quick)) as progress:
-        # the grid searches visit settings where lbfgs or sgd stop at max_iter
+        # with solver="sgd", the grid searches visit settings where it stops at max_iter
         warnings.simplefilter("ignore", ConvergenceWarning)
         compile_seconds = warm_up(progress, solver_params)
         clf_rows = classification(seeds, args.quick, solver_params, progress)
@@ -434,8 +414,6 @@ def main(argv=None):
                 higher_is_better=True,
             )
         )
-        if args.solver is None:
-            progress.print(SLOW_SOLVER_NOTE)
         progress.print("")
         reg_rows = regression(args.seed, args.quick, solver_params, progress)
         progress.print(

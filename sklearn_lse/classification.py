@@ -199,18 +199,8 @@ class DROClassifier(ClassifierMixin, DROLinearModel):
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """Update the model with one block of samples.
 
-        For data that arrive in blocks (streams, out-of-core arrays, Dask chunks), whatever
-        ``solver`` is. Each block takes one stochastic Newton step on the joint relaxed
-        objective in the coefficients, intercepts and ``eta``, with the block's gradient
-        (an unbiased estimate of the gradient on the whole stream), preconditioned by the
-        block's Hessian and scaled by the block's share of the total sample weight seen so
-        far, so that the iterates converge to the optimum of the whole stream rather than
-        to that of the last block. The first block is first solved to convergence; after
-        :meth:`fit`, the steps start from the fitted model instead. Blocks should be
-        shuffled samples, large enough to estimate the curvature (thousands of rows for
-        tens of features); a block may miss classes. ``risk_`` and ``eta_`` are then
-        those of the model on the last block, and ``n_iter_`` counts the blocks.
-        Available for ``rho > 0`` only; ``class_weight="balanced"`` is not available (it
+        {partial_fit}
+        A block may miss classes; ``class_weight="balanced"`` is not available (it
         needs all the labels at once; pass a dict).
 
         Parameters
