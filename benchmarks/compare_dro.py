@@ -157,7 +157,7 @@ def report(quick):
     try:
         import dro  # noqa: F401
     except ImportError:
-        return "The `dro` package is not installed: `pip install -e \".[bench]\"`."
+        return 'The `dro` package is not installed: `pip install -e ".[bench]"`.'
     return compare([1_000] if quick else [1_000, 10_000, 100_000], 120 if quick else TIMEOUT)
 
 

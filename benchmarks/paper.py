@@ -132,9 +132,7 @@ def experiment(settings, batches, steps, seeds, epochs, n_rows=None):
     results = {}
     optima = {}
     for lam, rho in settings:
-        optima[lam, rho] = (
-            DRORegressor(lam=lam, rho=0.0, tol=1e-10).fit(X, y).risk_
-        )
+        optima[lam, rho] = DRORegressor(lam=lam, rho=0.0, tol=1e-10).fit(X, y).risk_
         eta0 = optimal_eta((np.column_stack((X, np.ones(len(y)))) @ ls - y) ** 2, lam, rho=rho)
         for batch in batches:
             for method, name in ((RELAXED, "relaxed"), (SOFTMAX, "softmax")):
