@@ -1,11 +1,12 @@
 """Model selection by robust risk: a KL-DRO score of any model's predictions, a scorer for
 ``GridSearchCV`` built on it, and the worst-class recall.
 
-Cross-validating ``lam`` and ``rho`` by accuracy or mean squared error rewards the model that
-is best on average, which is what DRO gives up on purpose. These scores measure what the
-robust model is for: its loss under the worst reweighting of the validation samples (at a
-*fixed* ``lam`` and ``rho``, so that models fitted with different ones are compared on one
-criterion), or its accuracy on the class it serves worst.
+Cross-validating ``radius``, ``lam`` and ``rho`` by accuracy or mean squared error rewards the
+model that is best on average, which is what DRO gives up on purpose. These scores measure
+what the robust model is for: its loss under the worst reweighting of the validation samples
+(within a *fixed* KL ``radius``, or at a fixed temperature ``lam``, so that models fitted
+with different settings are compared on one criterion), or its accuracy on the class it
+serves worst.
 """
 
 import numpy as np
@@ -26,14 +27,25 @@ _RESPONSE = {
 
 
 def robust_risk_score(
-    y_true, y_pred, *, lam=1.0, rho=0.0, loss="squared_error", labels=None, sample_weight=None
+    y_true,
+    y_pred,
+    *,
+    lam=None,
+    radius=None,
+    rho=0.0,
+    loss="squared_error",
+    labels=None,
+    sample_weight=None,
 ):
     """KL-DRO risk of the per-sample losses of predictions (lower is better).
 
-    The risk is ``lam * log(sum_i p_i * exp(loss_i / lam))`` for ``rho=0``, and its softplus
-    relaxation with density cap ``1 / rho`` for ``0 < rho < 1``, as in
-    :func:`~sklearn_lse.kl_dro_risk`. ``lam -> inf`` gives the mean loss; small ``lam``
-    tends to the largest losses.
+    With ``radius``, the worst expected loss over the reweightings of the samples within
+    that KL divergence (in nats) of their distribution, as in
+    :func:`~sklearn_lse.kl_ball_risk`: the same criterion whatever the units of the loss.
+    With ``lam``, the risk ``lam * log(sum_i p_i * exp(loss_i / lam))`` at that temperature,
+    as in :func:`~sklearn_lse.kl_dro_risk` (``lam -> inf`` gives the mean loss; small
+    ``lam`` tends to the largest losses). ``rho > 0`` replaces either by its softplus
+    relaxation with density cap ``1 / rho``.
 
     Parameters
     ----------
@@ -43,8 +55,12 @@ def robust_risk_score(
         Predicted values; for ``loss="log_loss"`` the predicted probabilities of the
         classes in ``labels`` order, or, for two classes, of the second class only (as
         ``predict_proba(X)[:, 1]``).
-    lam : float, default=1.0
-        Temperature, in the units of the loss; must be > 0.
+    lam : float or None, default=None
+        Temperature, in the units of the loss; must be > 0. Set ``lam`` or ``radius``, not
+        both; when neither is set, ``lam=1.0``.
+    radius : float or None, default=None
+        KL budget ``radius >= 0``, in nats, for the worst case over a ball; ``0`` gives the
+        mean loss.
     rho : float, default=0.0
         Density cap parameter of the relaxation, in [0, 1); 0 means the exact risk.
     loss : {"squared_error", "absolute_error", "log_loss", "zero_one"}, \
@@ -67,35 +83,46 @@ def robust_risk_score(
     See Also
     --------
     make_robust_scorer : The scorer for ``GridSearchCV`` built on this function.
-    sklearn_lse.kl_dro_risk : The same risk of a vector of losses.
+    sklearn_lse.kl_dro_risk : The penalised risk of a vector of losses.
+    sklearn_lse.kl_ball_risk : The worst case over a ball of a vector of losses.
 
     Examples
     --------
     >>> from sklearn_lse.metrics import robust_risk_score
     >>> round(robust_risk_score([0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0], lam=1.0), 4)
     2.6672
+    >>> round(robust_risk_score([0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0], radius=0.1), 4)
+    1.8267
     """
+    lam, radius = _check_form(lam, radius)
     losses = _pointwise_losses(y_true, y_pred, loss, labels)
+    if radius is not None:
+        return risk.kl_ball_risk(losses, radius, rho=rho, sample_weight=sample_weight)
     return risk.kl_dro_risk(losses, lam, rho=rho, sample_weight=sample_weight)
 
 
-def make_robust_scorer(lam=1.0, rho=0.0, *, loss="squared_error", labels=None):
+def make_robust_scorer(lam=None, rho=0.0, *, radius=None, loss="squared_error", labels=None):
     """Scorer that ranks models by minus their KL-DRO risk on the validation data.
 
     Use it as ``scoring=`` in :class:`~sklearn.model_selection.GridSearchCV` or
-    :func:`~sklearn.model_selection.cross_val_score`: the ``lam`` and ``rho`` given here are
-    fixed, so every candidate (whatever its own ``lam`` and ``rho``, and any estimator,
-    :class:`~sklearn.linear_model.LinearRegression` included) is judged by the same robust
-    criterion. Like scikit-learn's ``neg_*`` scorers, it returns the negated risk, so that
-    greater is better. ``sample_weight`` reaches it through metadata routing
-    (``scorer.set_score_request(sample_weight=True)``).
+    :func:`~sklearn.model_selection.cross_val_score`: the ``radius`` (or ``lam``) and
+    ``rho`` given here are fixed, so every candidate (whatever its own settings, and any
+    estimator, :class:`~sklearn.linear_model.LinearRegression` included) is judged by the
+    same robust criterion. ``radius``, a KL budget in nats, means the same whatever the
+    units of the loss; ``lam`` is in the units of the loss. Like scikit-learn's ``neg_*``
+    scorers, it returns the negated risk, so that greater is better. ``sample_weight``
+    reaches it through metadata routing (``scorer.set_score_request(sample_weight=True)``).
 
     Parameters
     ----------
-    lam : float, default=1.0
-        Temperature of the validation risk, in the units of the loss; must be > 0.
+    lam : float or None, default=None
+        Temperature of the validation risk, in the units of the loss; must be > 0. Set
+        ``lam`` or ``radius``, not both; when neither is set, ``lam=1.0``.
     rho : float, default=0.0
         Density cap parameter of the validation risk, in [0, 1); 0 means the exact risk.
+    radius : float or None, default=None
+        KL budget of the validation risk, ``radius >= 0`` nats: the worst expected loss
+        over the reweightings of the validation samples within that divergence.
     loss : {"squared_error", "absolute_error", "log_loss", "zero_one"}, \
             default="squared_error"
         Per-sample loss (see :func:`robust_risk_score`). ``"log_loss"`` calls the
@@ -122,24 +149,25 @@ def make_robust_scorer(lam=1.0, rho=0.0, *, loss="squared_error", labels=None):
     >>> from sklearn_lse.metrics import make_robust_scorer
     >>> X, y = make_regression(200, 3, noise=5.0, random_state=0)
     >>> search = GridSearchCV(
-    ...     DRORegressor(solver="lbfgs"),
-    ...     {"lam": [10.0, 100.0], "rho": [1e-2, 1e-1]},
-    ...     scoring=make_robust_scorer(lam=30.0),
+    ...     DRORegressor(),
+    ...     {"radius": [0.003, 0.03, 0.3]},
+    ...     scoring=make_robust_scorer(radius=0.03),
     ... ).fit(X, y)
     >>> sorted(search.best_params_)
-    ['lam', 'rho']
+    ['radius']
     """
-    risk._check_lam(lam)
+    lam, radius = _check_form(lam, radius)
     risk._check_rho(rho, allow_zero=True)
     _check_loss(loss)
+    form = {"lam": lam} if radius is None else {"radius": radius}
     return make_scorer(
         robust_risk_score,
         greater_is_better=False,
         response_method=_RESPONSE[loss],
-        lam=lam,
         rho=rho,
         loss=loss,
         labels=labels,
+        **form,
     )
 
 
@@ -184,6 +212,18 @@ def worst_class_recall_score(y_true, y_pred, *, sample_weight=None):
     hit = p * (y_true == y_pred)
     recalls = [hit[y_true == k].sum() / p[y_true == k].sum() for k in np.unique(y_true)]
     return float(min(recalls))
+
+
+def _check_form(lam, radius):
+    """``(lam, radius)`` checked, one of them None: the temperature 1 when neither is set."""
+    if lam is not None and radius is not None:
+        raise ValueError(
+            f"set lam (a temperature) or radius (a KL budget), not both; got lam={lam!r} "
+            f"and radius={radius!r}."
+        )
+    if radius is not None:
+        return None, risk._check_radius(radius)
+    return risk._check_lam(1.0 if lam is None else lam), None
 
 
 def _check_loss(loss):

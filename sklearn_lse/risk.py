@@ -65,6 +65,17 @@ def _check_lam(lam):
     return float(lam)
 
 
+def _check_radius(radius):
+    if (
+        not isinstance(radius, numbers.Real)
+        or isinstance(radius, bool)
+        or not math.isfinite(radius)
+        or radius < 0
+    ):
+        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}.")
+    return float(radius)
+
+
 def _check_rho(rho, *, allow_zero):
     interval = "[0, 1)" if allow_zero else "(0, 1)"
     if not isinstance(rho, numbers.Real) or isinstance(rho, bool) or not math.isfinite(rho):
@@ -528,14 +539,8 @@ def kl_ball_risk(losses, radius, *, rho=0.0, sample_weight=None):
     True
     """
     losses, _, rho, p, s = _prepare(losses, 1.0, rho, sample_weight)
-    if (
-        not isinstance(radius, numbers.Real)
-        or isinstance(radius, bool)
-        or not math.isfinite(radius)
-        or radius < 0
-    ):
-        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}.")
+    radius = _check_radius(radius)
     if radius == 0 or np.max(losses) == np.min(losses):
         return float(p @ losses) * s
-    lam = ball_temperature(losses, p, float(radius), rho)
+    lam = ball_temperature(losses, p, radius, rho)
     return (lam * radius + _risk_and_divergence(losses, p, lam, rho)[0]) * s

@@ -151,3 +151,48 @@ def test_bad_score_input():
         robust_risk_score([1.0, np.nan], [1.0, 2.0])
     with pytest.raises(ValueError, match="not in labels"):
         robust_risk_score(["a", "z"], [[0.5, 0.5], [0.5, 0.5]], loss="log_loss", labels=["a", "b"])
+
+
+def test_radius_scorer_is_the_ball_risk_and_scale_free():
+    """With a radius, the score is the worst case over the ball (kl_ball_risk of the
+    losses), scales with the target's units squared, and ranks LinearRegression and the
+    robust models on one criterion in a grid search over the radius."""
+    from sklearn.linear_model import LinearRegression
+
+    from sklearn_lse import kl_ball_risk
+
+    X, y, _ = subpopulation_data(300, 0)
+    sw = np.random.default_rng(1).random(300)
+    model = DRORegressor(radius=0.1).fit(X, y)
+    losses = (y - model.predict(X)) ** 2
+    assert robust_risk_score(y, model.predict(X), radius=0.1, rho=1e-3) == pytest.approx(
+        kl_ball_risk(losses, 0.1, rho=1e-3), rel=1e-12
+    )
+    scorer = make_robust_scorer(radius=0.1)
+    assert scorer(model, X, y, sample_weight=sw) == pytest.approx(
+        -kl_ball_risk(losses, 0.1, sample_weight=sw), rel=1e-12
+    )
+    scaled = DRORegressor(radius=0.1).fit(X, 1e3 * y)
+    assert scorer(scaled, X, 1e3 * y) == pytest.approx(1e6 * scorer(model, X, y), rel=1e-6)
+    # the model fitted for the criterion scores best on its training data
+    ols = LinearRegression().fit(X, y)
+    assert scorer(model, X, y) > scorer(ols, X, y)
+    search = GridSearchCV(DRORegressor(), {"radius": [0.0, 0.1, 1.0]}, scoring=scorer, cv=3).fit(
+        X, y
+    )
+    assert search.best_params_["radius"] in (0.1, 1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"lam": 1.0, "radius": 0.1}, "not both"),
+        ({"radius": -0.1}, "radius"),
+        ({"radius": np.inf}, "radius"),
+    ],
+)
+def test_bad_radius_scorer_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_robust_scorer(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        robust_risk_score([1.0, 2.0], [1.0, 1.0], **kwargs)
