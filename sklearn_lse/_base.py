@@ -709,9 +709,11 @@ def _diagnostics(prob, snap, form, value):
     which that exceeds the relaxed objective the solver minimised, the share of the worst
     case's mass on samples at the cap ``1 / rho``, and the worst case's effective sample
     size ``1 / sum q_i^2``."""
-    F = prob.predictions(snap.w, snap.b)
+    # one per-sample array (the losses), the rest chunk by chunk
     losses = np.empty(prob.n_samples)
-    step_losses(prob.loss, F, F, 0.0, prob.y, prob.eps, losses)
+    for rows in prob.chunks():
+        F = prob.predictions_of(rows, snap.w, snap.b)
+        step_losses(prob.loss, F, F, 0.0, prob.y[rows], prob.eps, losses[rows])
     penalty = prob.penalty(snap.w)
     if form == "penalty":
         exact = exact_risk(losses, prob.p, prob.lam)
@@ -721,16 +723,21 @@ def _diagnostics(prob, snap, form, value):
         lam = risk.ball_temperature(losses, prob.p, value, 0.0)
         exact = lam * value + exact_risk(losses, prob.p, lam)
     exact += penalty
-    c, k = factors(prob, losses, 0.0, snap.eta)
-    q = prob.weights(slice(None)) * c
-    q /= q.sum()
-    at_cap = c >= 0.99 / prob.rho if prob.rho > 0 else np.zeros(c.shape, dtype=bool)
+    # the worst case q_i = p_i c_i / sum_j p_j c_j: its mass at the cap, sum q_i^2
+    total = at_cap = squares = 0.0
+    for rows in prob.chunks():
+        c, _ = factors(prob, losses[rows], 0.0, snap.eta)
+        q = prob.weights(rows) * c
+        total += float(np.sum(q))
+        squares += float(q @ q)
+        if prob.rho > 0:
+            at_cap += float(np.sum(q[c >= 0.99 / prob.rho]))
     scale = max(abs(snap.objective), prob.objective_floor())
     return {
         "exact_risk": exact,
         "relaxation_gap": max(exact - snap.objective, 0.0) / scale,
-        "cap_mass": float(np.sum(q[at_cap])),
-        "effective_sample_size": 1.0 / float(np.sum(q * q)),
+        "cap_mass": at_cap / total,
+        "effective_sample_size": total * total / squares,
     }
 
 

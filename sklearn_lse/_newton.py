@@ -269,20 +269,22 @@ def _system(prob, rows, irls=False, exact=True):
     G = np.zeros((d + 1, 2 * K))  # gradient and eta cross terms, in (x, 1) coordinates
     H = np.zeros((d + 1, K, d + 1, K))
     h_eta = 0.0
-    chunks = list(rows.derivatives(standardised=not (raw or sketch)))
-    if sketch:
+    if sketch:  # a first pass for the total curvature (the sample's normaliser)
         rng = np.random.default_rng(rows.draws)
         rows.draws += 1
-        traces = []
-        for _, pc, c, k, dl, ddl, _ in chunks:
+        total = 0.0
+        for _, pc, c, k, dl, ddl, _ in rows.derivatives(standardised=False):
             A = np.empty((pc.shape[0], K, K))
             curvature_matrix(prob.loss, pc, c, k, dl, ddl, False, A)
-            traces.append((A, np.einsum("ikk->i", A)))
-        total = max(sum(float(np.sum(trace)) for _, trace in traces), 1e-300)
-    for index, (Z, pc, c, k, dl, ddl, chunk) in enumerate(chunks):
+            total += float(np.einsum("ikk->", A))
+        total = max(total, 1e-300)
+    Z = None
+    # chunk by chunk: no per-row array (nor standardised rows) outlives its chunk
+    for Z, pc, c, k, dl, ddl, chunk in rows.derivatives(standardised=not (raw or sketch)):
         if sketch:
-            A, trace = traces[index]
-            q = np.minimum(1.0, m * trace / total)
+            A = np.empty((pc.shape[0], K, K))
+            curvature_matrix(prob.loss, pc, c, k, dl, ddl, False, A)
+            q = np.minimum(1.0, m * np.einsum("ikk->i", A) / total)
             kept = np.flatnonzero(rng.random(q.shape[0]) < q)
             Zk = prob.standardised(np.arange(chunk.start, chunk.stop)[kept])
             _add_gram(H, Zk, A[kept] / q[kept, None, None])
@@ -308,7 +310,7 @@ def _system(prob, rows, irls=False, exact=True):
                 _add_gram(H, Z, A)
         h_eta += float(np.sum(pk))
     s, mean = prob.inv_scale, prob.mean
-    if Z is None and chunks:  # from (x, 1) to (s (x - mean), 1)
+    if Z is None and n > 0:  # from (x, 1) to (s (x - mean), 1)
         G[:d] = s[:, None] * (G[:d] - mean[:, None] * G[d])
         if not sketch:
             Hx = H[:, 0, :, 0]

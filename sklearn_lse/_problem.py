@@ -282,6 +282,10 @@ class Problem:
         """``X W + b`` of shape (n, K), accumulated in float64."""
         return matmul(self.X, w) + b
 
+    def predictions_of(self, rows, w, b):
+        """``X W + b`` of the given rows (a slice), in float64."""
+        return matmul(chunk_of(self.X, rows), w) + b
+
 
 def least_squares_start(prob):
     """Weighted least squares with the model's L2 penalty: ``min mean (f - y)^2 + alpha/2
