@@ -2,18 +2,29 @@
 
 Newton's method on the relaxed objective with eta eliminated, as in
 :mod:`sklearn_lse._newton` (continuation in lam, the 1-D solve for eta at every point),
-with every pass over the data a chunk-wise reduction on the workers: each task reads one
-chunk of rows where it lives and returns a result of the size of the model (the Hessian's
-sums, the gradient, the sums of the 1-D solve for eta), which the client adds up. It is
-parallel by construction: all the chunks of a pass are computed at once, on every worker.
-The per-sample losses of the current point (one number per row) stay on the workers as
-persisted chunks, for the rounds of the 1-D solve; nothing else of the size of the data is
-kept, and X never reaches the client.
+with every pass over the data a chunk-wise reduction on the workers. The chunks are
+grouped by the worker that holds them, one group per worker thread (a worker holding more
+than its share gives copies of the extra chunks to the others, once): a pass is one task
+per group, which reads its chunks where they live, in blocks of rows, and returns a result
+of the size of the model (the Hessian's sums, the gradient, three numbers per chunk for a
+round of the 1-D solve for eta), which the client adds up. It is parallel by
+construction: every worker thread computes its share of every pass at once, and a round
+costs the client a few milliseconds whatever the number of chunks. The per-sample losses
+of the current point (one number per row) stay on the workers, for the rounds of the 1-D
+solve; nothing else of the size of the data is kept, and X never reaches the client.
+
+A point costs one pass over X (the losses) and a few rounds over the losses (Newton's
+method on the log of the mass, stopped where the objective is within 1e-15 of its minimum
+in eta, the objective computed with the round predicted to be the last; the exact risk,
+``rho = 0``, in one round); a Newton iteration, one more pass over X for the gradient and
+the Hessian, whose gradient is corrected for the 1-D solve's residual. A new stage of the
+lam path reuses the losses of its starting point.
 
 The tasks are module-level functions of NumPy arrays and scalars: they pickle to worker
 processes and to remote workers, which compile (or load from their Numba cache) the
-kernels of :mod:`sklearn_lse._kernels` on first use. dask is imported here only, and only
-when a fit is given a dask collection.
+kernels of :mod:`sklearn_lse._kernels` on first use (:func:`warm_up` does it ahead, e.g.
+``client.run(warm_up)`` before a timed fit). dask is imported here only, and only when a
+fit is given a dask collection.
 """
 
 import math
@@ -23,6 +34,8 @@ import numpy as np
 from ._kernels import (
     LOG_LOSS,
     MULTINOMIAL,
+    SQUARED_ERROR,
+    _log_mass,
     curvature_matrix,
     pointwise_losses,
     relaxation_terms,
@@ -61,15 +74,23 @@ def _as_float(X):
 
 def _check_chunk(X, y, sample_weight):
     """Rows, finiteness and the column moments (count, mean, sum of squared deviations)
-    of one chunk."""
+    of one chunk (X read twice, in blocks for the deviations)."""
     X = _as_float(X)
-    finite = bool(np.all(np.isfinite(X)))
+    n, d = X.shape
+    total = X.sum(axis=0, dtype=np.float64)
+    # a finite sum has only finite terms; a sum that overflows is checked term by term
+    finite = math.isfinite(float(total.sum())) or bool(np.all(np.isfinite(X)))
     if y is not None and y.dtype.kind in "fc":
         finite = finite and bool(np.all(np.isfinite(y)))
-    X64 = X.astype(np.float64, copy=False)
-    n = X.shape[0]
-    mean = X64.mean(axis=0) if n else np.zeros(X.shape[1])
-    m2 = ((X64 - mean) ** 2).sum(axis=0)
+    mean = total / n if n else np.zeros(d)
+    m2 = np.zeros(d)
+    if finite:
+        buffer = np.empty((min(n, _BLOCK), d))
+        for start in range(0, n, _BLOCK):
+            Xb = X[start : start + _BLOCK]
+            deviation = buffer[: Xb.shape[0]]
+            np.subtract(Xb, mean, out=deviation)
+            m2 += np.einsum("ij,ij->j", deviation, deviation)
     if sample_weight is not None:
         sw = np.asarray(sample_weight, dtype=np.float64)
         finite = finite and bool(np.all(np.isfinite(sw))) and bool(np.all(sw >= 0))
@@ -109,56 +130,167 @@ def _class_totals(y, sample_weight, classes):
 def _gram(X, t, p, mean, inv_scale):
     """Sums of the least-squares start on standardised rows: ``Z^T diag(p) Z`` and
     ``Z^T (p t)``."""
-    Z = _standardised(X, mean, inv_scale)
-    pZ = Z * p[:, None]
-    return Z.T @ pZ, pZ.T @ t
-
-
-def _standardised(X, mean, inv_scale):
     X = _as_float(X)
-    Z = np.empty((X.shape[0], X.shape[1] + 1))
-    np.subtract(X, mean, out=Z[:, :-1])
-    Z[:, :-1] *= inv_scale
-    Z[:, -1] = 1.0
-    return Z
+    d = X.shape[1]
+    gram, moment = np.zeros((d + 1, d + 1)), np.zeros(d + 1)
+    uniform = p.shape[0] == 1
+    buffer = None if uniform else np.empty((min(X.shape[0], _BLOCK), d + 1))
+    for start, Z in _standardised_blocks(X, mean, inv_scale):
+        m = Z.shape[0]
+        tb = t[start : start + m]
+        pZ = Z if uniform else np.multiply(Z, p[start : start + m, None], out=buffer[:m])
+        gram += Z.T @ pZ
+        moment += pZ.T @ tb
+    if uniform:
+        gram *= p[0]
+        moment *= p[0]
+    return gram, moment
+
+
+# rows per block of a pass over a chunk (the block's standardised rows and per-sample
+# arrays stay in the cache). The tasks allocate their per-block arrays once per chunk:
+# dask's workers set MALLOC_TRIM_THRESHOLD_, which leaves glibc's mmap threshold at
+# 128 kB, so that a large temporary allocated per block costs its page faults every time.
+_BLOCK = 2048
+
+
+def _block_rows(d, K):
+    """Rows per block for a model of ``K`` outputs on ``d`` features (the multinomial
+    curvature's blocks hold ``(d + 1) K^2`` numbers per row)."""
+    return _BLOCK if K == 1 else int(max(64, 2**21 // ((d + 1) * K * K)))
+
+
+def _predict(Xb, w, b, out, scratch):
+    """``Xb @ w + b`` written to ``out``, in float64 (``scratch`` holds float32 rows
+    converted; None for float64 ones)."""
+    if scratch is not None:
+        np.copyto(scratch[: Xb.shape[0]], Xb)
+        Xb = scratch[: Xb.shape[0]]
+    np.matmul(Xb, w, out=out)
+    out += b
+    return out
+
+
+def _standardised_blocks(X, mean, inv_scale, block=_BLOCK):
+    """``(start, Z)`` for the blocks of rows of ``X``, ``Z = [(x - mean) * inv_scale, 1]``
+    (one buffer, overwritten from block to block)."""
+    n, d = X.shape
+    buffer = np.empty((min(n, block), d + 1))
+    buffer[:, -1] = 1.0
+    centred = np.empty((min(n, block), d))  # (in place, numpy would allocate per block)
+    for start in range(0, n, block):
+        Xb = X[start : start + block]
+        m = Xb.shape[0]
+        Z = buffer[:m]
+        np.subtract(Xb, mean, out=centred[:m])
+        np.multiply(centred[:m], inv_scale, out=Z[:, :-1])
+        yield start, Z
 
 
 def _losses(X, t, w, b, code, eps):
-    """The per-sample losses of a chunk (kept on its worker)."""
-    pred = _as_float(X).astype(np.float64, copy=False) @ w + b
-    loss, dl, ddl = np.empty(pred.shape[0]), np.empty_like(pred), np.empty_like(pred)
-    pointwise_losses(code, pred, t, eps, loss, dl, ddl)
+    """The per-sample losses of a chunk (kept on its worker), in the blocks of
+    :func:`_system`."""
+    X = _as_float(X)
+    n, d = X.shape
+    K = w.shape[1]
+    block = _block_rows(d, K)
+    rows = min(n, block)
+    loss = np.empty(n)
+    pred, dl, ddl = np.empty((rows, K)), np.empty((rows, K)), np.empty((rows, K))
+    scratch = None if X.dtype == np.float64 else np.empty((rows, d))
+    for start in range(0, n, block):
+        Xb = X[start : start + block]
+        m = Xb.shape[0]
+        F = _predict(Xb, w, b, pred[:m], scratch)
+        pointwise_losses(code, F, t[start : start + m], eps, loss[start : start + m],
+                         dl[:m], ddl[:m])  # fmt: skip
     return loss
 
 
-def _eta_sums(loss, p, etas, lam, rho, with_range=False):
-    """For each threshold of ``etas``: ``sum p c``, ``sum p k``, ``sum p dk/deta`` and
-    the relaxed sum ``sum p term`` of the chunk's losses; with ``with_range``, also the
-    smallest and largest supported loss and ``sum p l``."""
-    out = np.empty((len(etas), 4))
-    pw = p if p.shape[0] > 1 else np.full(loss.shape[0], p[0])
-    c, k = np.empty_like(loss), np.empty_like(loss)
-    for j, eta in enumerate(etas):
-        relaxation_terms(loss, eta, 0.0, lam, rho, c, k)
-        pk = pw * k
-        out[j] = (
-            pw @ c, pk.sum(), pk @ (1.0 - 2.0 * rho * c) / lam,
-            relaxed_value(loss, p, eta, lam, rho) - eta,
-        )  # fmt: skip
-    if not with_range:
-        return out
-    supported = loss[pw > 0]
+def _eta_parts(loss, p, eta, lam, rho, with_range=False, mass=True, terms=True):
+    """The chunk's part of a round of the 1-D solve for eta, in a form whose combination
+    over the chunks loses nothing (:func:`_combine_eta`); one pass over the losses.
+
+    For ``rho > 0`` and a finite ``eta``: ``(g, dg, terms)``, with ``g = log sum p c`` and
+    its derivative in eta ``-sum p k / sum p c`` (the kernels' one-pass ``_log_mass``,
+    which moves to the log domain where the mass underflows) and ``terms = sum p term``,
+    the relaxed sum (the objective is eta plus its total); ``g = -inf`` for a chunk
+    without a supported loss; None for a non-finite eta or ``lam=None`` (the range
+    only); ``g = dg = 0`` without ``mass``, ``terms = nan`` without ``terms``. For
+    ``rho = 0`` (eta unused):
+    ``(m, total, e)``, the largest supported loss, ``sum p`` and
+    ``sum p expm1((l - m) / lam)`` (the exact risk without cancellation at large lam, as
+    in :func:`sklearn_lse._kernels.exact_risk`). With ``with_range``, also the smallest
+    and the largest supported loss and ``sum p l``."""
+    uniform = p.shape[0] == 1
+    if uniform:
+        supported, weights = loss, p[0]
+    elif with_range or rho == 0 or not (p.shape[0] and p.max() > 0):
+        keep = p > 0
+        supported, weights = loss[keep], p[keep]
+    else:  # not needed (the kernels skip the unsupported losses)
+        supported, weights = loss, p
     if not supported.shape[0]:
-        return out, (np.inf, -np.inf, 0.0)
-    return out, (float(supported.min()), float(supported.max()), float(pw @ loss))
+        parts = (
+            None
+            if lam is None or (rho > 0 and not math.isfinite(eta))
+            else (np.array([-np.inf, 0.0, 0.0]))
+        )
+    elif lam is None:
+        parts = None
+    elif rho == 0:
+        m = float(supported.max())
+        total = float(weights * supported.shape[0]) if uniform else float(weights.sum())
+        e = np.subtract(supported, m)
+        e /= lam
+        np.expm1(e, out=e)
+        e = float(weights * e.sum()) if uniform else float(weights @ e)
+        parts = np.array([m, total, e])
+    elif math.isfinite(eta):
+        g, dg = _log_mass(loss, p, eta, lam, rho) if mass else (0.0, 0.0)
+        value = relaxed_value(loss, p, eta, lam, rho) - eta if terms else np.nan
+        parts = np.array([g, dg, value])
+    else:
+        parts = None
+    if not with_range:
+        return parts
+    if not supported.shape[0]:
+        return parts, (np.inf, -np.inf, 0.0)
+    mean = float(weights * supported.sum()) if uniform else float(weights @ supported)
+    return parts, (float(supported.min()), float(supported.max()), mean)
 
 
-def _combine(*parts):
-    """Sums of the parts of :func:`_eta_sums` with the range: the sums added, the range
-    combined."""
-    sums = _add(*[part[0] for part in parts])
-    ranges = [part[1] for part in parts]
-    return sums, (min(r[0] for r in ranges), max(r[1] for r in ranges), sum(r[2] for r in ranges))
+def _combine_eta(parts, lam, rho):
+    """The chunks' parts of :func:`_eta_parts` combined. For ``rho > 0``: ``(g, dg,
+    terms)`` of all the data (the masses added in the log domain). For ``rho = 0``:
+    ``(eta, terms)``, the exact risk ``lam log sum p exp(l / lam)`` (shifted by the largest
+    loss, in ``log1p`` form while the sum is not near -1, as in
+    :func:`sklearn_lse._kernels.exact_risk`) and ``lam sum p expm1((l - eta) / lam)`` (zero
+    to rounding)."""
+    parts = [part for part in parts if part[0] > -np.inf]
+    if rho > 0:
+        m = max(part[0] for part in parts)
+        scales = [math.exp(part[0] - m) for part in parts]
+        s = sum(scales)
+        dg = sum(scale * part[1] for scale, part in zip(scales, parts, strict=True)) / s
+        return m + math.log(s), dg, sum(part[2] for part in parts)
+    m = max(part[0] for part in parts)
+    total = sum(part[1] for part in parts)
+
+    def residual(shift):  # sum p expm1((l - shift) / lam)
+        return sum(part[2] * math.exp((part[0] - shift) / lam)
+                   + part[1] * math.expm1((part[0] - shift) / lam) for part in parts)  # fmt: skip
+
+    # the weights' sum differs from 1 by rounding (ignored) or for a subset of the data
+    deficit = total - 1.0 if abs(total - 1.0) > 1e-12 else 0.0
+    s = residual(m) + deficit
+    if s > -0.5:
+        eta = m + lam * math.log1p(s)
+    else:
+        eta = m + lam * math.log(
+            sum((part[1] + part[2]) * math.exp((part[0] - m) / lam) for part in parts)
+        )
+    return eta, lam * (residual(eta) + deficit)
 
 
 def _divergence_sums(loss, p, eta, lam, rho):
@@ -167,46 +299,63 @@ def _divergence_sums(loss, p, eta, lam, rho):
     return float(relaxed_divergence(loss, p, eta, lam, rho))
 
 
-def _exp_sums(loss, p, shift, lam):
-    """``sum p exp((l - shift) / lam)`` of the chunk (the exact risk, ``rho = 0``)."""
-    pw = p if p.shape[0] > 1 else np.full(loss.shape[0], p[0])
-    return float(pw @ np.exp(np.minimum((loss - shift) / lam, 700.0)))
-
-
 def _system(X, t, p, w, b, eta, code, eps, lam, rho, mean, inv_scale):
     """The gradient (``(d + 1, K)``, in the standardised coordinates, without the
-    penalty) and the joint Hessian in ``(V, b_c, eta)`` of one chunk."""
+    penalty), the joint Hessian in ``(V, b_c, eta)`` and the mass ``sum p c`` at eta of
+    one chunk: one pass over its rows, in blocks."""
+    X = _as_float(X)
+    n = X.shape[0]
     d, K = w.shape
     D = (d + 1) * K
-    Z = _standardised(X, mean, inv_scale)
-    pred = Z[:, :-1] @ (w / inv_scale[:, None]) + (b + mean @ w)
-    n = pred.shape[0]
-    loss, dl, ddl = np.empty(n), np.empty_like(pred), np.empty_like(pred)
-    pointwise_losses(code, pred, t, eps, loss, dl, ddl)
-    c, k = np.empty(n), np.empty(n)
-    relaxation_terms(loss, eta, 0.0, lam, rho, c, k)
-    pw = p if p.shape[0] > 1 else np.full(n, p[0])
-    A = np.empty((n, K, K))
-    curvature_matrix(code, pw, c, k, dl, ddl, False, A)
-    grad = Z.T @ ((pw * c)[:, None] * dl)
+    block = _block_rows(d, K)
+    rows = min(n, block)
+    uniform = p.shape[0] == 1
+    pred, dl, ddl = np.empty((rows, K)), np.empty((rows, K)), np.empty((rows, K))
+    loss, c, k, pc, pk, a = (np.empty(rows) for _ in range(6))
+    weights = np.full(rows, p[0]) if uniform else None
+    R = np.empty((rows, 2 * K))
+    ZA = np.empty((rows, (d + 1) * K * K))
+    A = None if K == 1 else np.empty((rows, K, K))
+    scratch = None if X.dtype == np.float64 else np.empty((rows, d))
+    sums = np.zeros((d + 1, 2 * K))  # the gradient, then the cross terms with eta
     H = np.zeros((d + 1, K, d + 1, K))
-    if K == 1:
-        H[:, 0, :, 0] = Z.T @ (Z * A[:, 0, 0][:, None])
-    else:
-        step = int(max(64, 2**21 // ((d + 1) * K * K)))
-        for start in range(0, n, step):
-            Z_, A_ = Z[start : start + step], A[start : start + step]
-            ZA = (Z_[:, :, None, None] * A_[:, None, :, :]).reshape(Z_.shape[0], -1)
-            H += (Z_.T @ ZA).reshape(d + 1, d + 1, K, K).transpose(0, 2, 1, 3)
+    mass = curvature = 0.0
+    for start, Z in _standardised_blocks(X, mean, inv_scale, block):
+        m = Z.shape[0]
+        F = _predict(X[start : start + m], w, b, pred[:m], scratch)  # as in _losses
+        L, G, GG = loss[:m], dl[:m], ddl[:m]
+        pointwise_losses(code, F, t[start : start + m], eps, L, G, GG)
+        C, Kc = c[:m], k[:m]
+        relaxation_terms(L, eta, 0.0, lam, rho, C, Kc)
+        pw = weights[:m] if uniform else p[start : start + m]
+        PC, PK = np.multiply(pw, C, out=pc[:m]), np.multiply(pw, Kc, out=pk[:m])
+        Rb = R[:m]
+        np.multiply(PC[:, None], G, out=Rb[:, :K])
+        np.multiply(PK[:, None], G, out=Rb[:, K:])
+        sums += Z.T @ Rb
+        mass += float(PC.sum())
+        curvature += float(PK.sum())
+        if K == 1:  # curvature_matrix's coefficient for one output
+            Ab = np.multiply(G[:, 0], G[:, 0], out=a[:m])
+            Ab *= PK
+            np.multiply(PC, GG[:, 0], out=C)  # c is not needed any more
+            Ab += C
+            H[:, 0, :, 0] += Z.T @ np.multiply(Z, Ab[:, None], out=ZA[:m])
+        else:
+            Ab = A[:m]
+            curvature_matrix(code, pw, C, Kc, G, GG, False, Ab)
+            ZAb = ZA[:m].reshape(m, d + 1, K, K)
+            np.multiply(Z[:, :, None, None], Ab[:, None, :, :], out=ZAb)
+            H += (Z.T @ ZA[:m]).reshape(d + 1, d + 1, K, K).transpose(0, 2, 1, 3)
     M = np.empty((D + 1, D + 1))
     M[:D, :D] = H.reshape(D, D)
-    M[:D, D] = M[D, :D] = -(Z.T @ ((pw * k)[:, None] * dl)).ravel()
-    M[D, D] = float(pw @ k)
-    return grad, M
+    M[:D, D] = M[D, :D] = -sums[:, K:].ravel()
+    M[D, D] = curvature
+    return np.ascontiguousarray(sums[:, :K]), M, mass
 
 
 def _add(*parts):
-    """The sum of the parts (dicts of arrays, tuples, arrays or numbers)."""
+    """The sum of the parts (tuples, arrays or numbers)."""
     first = parts[0]
     if isinstance(first, tuple):
         return tuple(_add(*items) for items in zip(*parts, strict=True))
@@ -214,6 +363,30 @@ def _add(*parts):
     for part in parts[1:]:
         total = total + part
     return total
+
+
+def warm_up():
+    """Run every task once on a few rows, so that the worker that runs this has imported
+    the package and compiled (or loaded from the Numba cache) the kernels the tasks call:
+    ``client.run(warm_up)`` before a timed fit."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 2))
+    y = X[:, 0] + rng.normal(size=6)
+    p_uniform, p = np.array([1.0 / 6]), np.full(6, 1.0 / 6)
+    mean, inv_scale = X.mean(axis=0), 1.0 / X.std(axis=0)
+    _check_chunk(X, y, None)
+    _gram(X, y, p_uniform, mean, inv_scale)
+    for K, code in ((1, SQUARED_ERROR), (1, LOG_LOSS), (3, MULTINOMIAL)):
+        t = {LOG_LOSS: np.where(y > 0, 1.0, -1.0), MULTINOMIAL: np.arange(6) % 3.0}.get(code, y)
+        w, b = np.zeros((2, K)), np.zeros(K)
+        for weights in (p_uniform, p):
+            loss = _losses(X, t, w, b, code, 0.0)
+            for rho in (0.0, 1e-2):
+                _eta_parts(loss, weights, float(np.mean(loss)), 1.0, rho, with_range=True)
+                _divergence_sums(loss, weights, float(np.mean(loss)), 1.0, rho)
+                _system(X, t, weights, w, b, float(np.mean(loss)), code, 0.0, 1.0, rho,
+                        mean, inv_scale)  # fmt: skip
+    return True
 
 
 # --------------------------------------------------------------------------------------
@@ -263,58 +436,124 @@ class DaskData:
         # the chunks stay on the workers for the fit (the collections hold them)
         self.collections = dask.persist(X, y, sample_weight)
         X, y, sample_weight = self.collections
-        self.X = list(X.to_delayed(optimize_graph=False).ravel())
-        self.y = list(y.to_delayed(optimize_graph=False).ravel())
-        self.sw = (
-            [None] * len(self.X)
+        X = list(X.to_delayed(optimize_graph=False).ravel())
+        y = list(y.to_delayed(optimize_graph=False).ravel())
+        sw = (
+            [None] * len(X)
             if sample_weight is None
             else list(sample_weight.to_delayed(optimize_graph=False).ravel())
         )
+        self.n_chunks = len(X)
         self.client = _client()
-        if self.client is not None:  # futures: a round costs a few milliseconds
-            self.X, self.y = self.client.compute(self.X), self.client.compute(self.y)
+        if self.client is None:  # dask's local schedulers: a task per chunk
+            groups = [[i] for i in range(len(X))]
+        else:  # futures, grouped by the worker that holds them
+            X, y = self.client.compute(X), self.client.compute(y)
             if sample_weight is not None:
-                self.sw = self.client.compute(self.sw)
+                sw = self.client.compute(sw)
+            groups, (X, y, sw) = _groups(self.client, [X, y, sw])
+        self.groups = groups
+        self.X, self.y, self.sw = ([[column[i] for i in group] for group in groups]
+                                   for column in (X, y, sw))  # fmt: skip
 
-    def map(self, func, *columns, **kwargs):
-        """``func`` applied to every chunk, lazily (futures with a distributed client,
-        dask Delayed otherwise)."""
+    def constant(self, value):
+        """A column of ``value`` for every chunk."""
+        return [[value] * len(group) for group in self.groups]
+
+    def map(self, func, *columns, reduce=None, **kwargs):
+        """``func`` applied to every chunk, one task per group of chunks (see
+        :func:`_groups`), lazily: futures with a distributed client, dask Delayed
+        otherwise. Each task returns the list of its chunks' results, or with ``reduce``,
+        their combination by it."""
+        args = [(func, reduce, cols, kwargs) for cols in zip(*columns, strict=True)]
         if self.client is not None:
-            return [
-                self.client.submit(func, *args, **kwargs, pure=False)
-                for args in zip(*columns, strict=True)
-            ]
-        delayed = self.delayed(func, pure=False)
-        return [delayed(*args, **kwargs) for args in zip(*columns, strict=True)]
+            return [self.client.submit(_on_group, *a, pure=False) for a in args]
+        delayed = self.delayed(_on_group, pure=False)
+        return [delayed(*a) for a in args]
+
+    def _results(self, tasks):
+        if self.client is not None:
+            return self.client.gather(tasks)
+        return list(self.dask.compute(*tasks))
 
     def reduce(self, func, *columns, combine=None, **kwargs):
-        """``func`` on every chunk on the workers, combined (summed by default) in a tree
-        on the workers; only the result comes back."""
+        """``func`` on every chunk on the workers, combined (summed by default) on the
+        worker within each group of chunks; the groups' results (as many as the workers'
+        threads, model-sized) are combined in the client."""
         combine = _add if combine is None else combine
-        parts = self.map(func, *columns, **kwargs)
-        if self.client is not None:
-            while len(parts) > 1:
-                parts = [
-                    self.client.submit(combine, *parts[i : i + 8], pure=False)
-                    for i in range(0, len(parts), 8)
-                ]
-            return parts[0].result()
-        add = self.delayed(combine, pure=True)
-        while len(parts) > 1:
-            parts = [add(*parts[i : i + 8]) for i in range(0, len(parts), 8)]
-        return self.dask.compute(parts[0])[0]
+        return combine(*self._results(self.map(func, *columns, reduce=combine, **kwargs)))
 
     def gather(self, func, *columns, **kwargs):
-        """``func`` on every chunk; the list of the (small) results."""
-        if self.client is not None:
-            return self.client.gather(self.map(func, *columns, **kwargs))
-        return list(self.dask.compute(*self.map(func, *columns, **kwargs)))
+        """``func`` on every chunk; the list of the (small) results, in chunk order within
+        each group."""
+        return [part for group in self._results(self.map(func, *columns, **kwargs))
+                for part in group]  # fmt: skip
 
     def persist(self, func, *columns, **kwargs):
-        """``func`` on every chunk, its results kept on the workers."""
+        """``func`` on every chunk, its results kept on the workers (a column: one future
+        per group of chunks, holding the list of their results)."""
         if self.client is not None:
             return self.map(func, *columns, **kwargs)
         return list(self.dask.persist(*self.map(func, *columns, **kwargs)))
+
+
+def _on_group(func, reduce, columns, kwargs):
+    """The task of a group of chunks: ``func`` on each chunk (the columns hold one list
+    per argument), the results as a list or combined by ``reduce``."""
+    results = [func(*args, **kwargs) for args in zip(*columns, strict=True)]
+    return results if reduce is None else reduce(*results)
+
+
+def _identity(x):
+    return x
+
+
+def _groups(client, columns):
+    """The chunks (indices) in groups, as many for each worker as it has threads, each of
+    chunks that the worker holds: a round over the data is then one task per worker
+    thread, run where its chunks are, and costs a few milliseconds of scheduling instead
+    of a task (and a tree of additions) per chunk. Chunks of a worker that holds more
+    than its share (by threads) are copied once to the workers that hold less, so that
+    the workers' passes take the same time. ``columns`` are lists of futures, one per
+    chunk (X first, placed by it); returns the groups and the columns with the copies."""
+    from distributed import wait
+
+    futures = columns[0]
+    wait(futures)
+    holders = client.who_has(futures)
+    threads = {worker: max(int(n), 1) for worker, n in client.nthreads().items()}
+    held = {worker: [] for worker in threads}
+    lost = []
+    for i, future in enumerate(futures):
+        workers = [worker for worker in holders.get(future.key, ()) if worker in held]
+        if workers:
+            held[min(workers, key=lambda w: len(held[w]) / threads[w])].append(i)
+        else:
+            lost.append(i)
+    total = sum(threads.values())
+    share = {worker: len(futures) * n / total for worker, n in threads.items()}
+    moves = {}
+    for i in lost:  # held by no known worker: placed where the share is not reached
+        worker = min(held, key=lambda w: len(held[w]) - share[w])
+        held[worker].append(i)
+        moves[i] = worker
+    while True:
+        source = max(held, key=lambda w: len(held[w]) - share[w])
+        target = min(held, key=lambda w: len(held[w]) - share[w])
+        if len(held[source]) - share[source] < 1 or share[target] - len(held[target]) < 1:
+            break
+        i = held[source].pop()
+        held[target].append(i)
+        moves[i] = target
+    columns = [list(column) for column in columns]
+    for i, worker in moves.items():
+        for column in columns:
+            if column[i] is not None:
+                column[i] = client.submit(_identity, column[i], workers=[worker], pure=False)
+    groups = []
+    for worker, chunks in held.items():
+        groups.extend(sorted(chunks[j :: threads[worker]]) for j in range(threads[worker]))
+    return [group for group in groups if group], columns
 
 
 def _client():
@@ -358,82 +597,137 @@ class DistributedProblem:
         b_c = b + self.mean @ w if self.fit_intercept else np.zeros(self.n_outputs)
         return np.vstack((w / self.inv_scale[:, None], b_c)).ravel()
 
-    def point(self, w, b, lam, eta_guess=np.nan):
-        """The losses of (W, b) (kept on the workers), the optimal eta and the objective
-        at ``lam``: one pass for the losses, then a few rounds of sums for eta (the first
-        with the pass)."""
-        losses = self.data.persist(_losses, self.data.X, self.t, w=w, b=b, code=self.loss,
-                                   eps=self.eps)  # fmt: skip
-        eta, terms, lo, hi = self._solve_eta(losses, lam, eta_guess)
+    def losses(self, w, b):
+        """The per-sample losses of (W, b), kept on the workers (one pass over X)."""
+        return self.data.persist(_losses, self.data.X, self.t, w=w, b=b, code=self.loss,
+                                 eps=self.eps)  # fmt: skip
+
+    def spread(self, losses):
+        """The smallest and largest supported loss and ``sum p l`` (one round)."""
+        return _combine_range(
+            self.data.gather(
+                _eta_parts, losses, self.p, eta=np.nan, lam=None, rho=self.rho, with_range=True
+            )  # fmt: skip
+        )[1]
+
+    def point(self, w, b, lam, eta_guess=np.nan, losses=None, spread=None):
+        """The losses of (W, b) (kept on the workers; given, for the same (W, b) at
+        another lam), the optimal eta and the objective at ``lam``: one pass for the
+        losses, then the rounds of the 1-D solve for eta (the range of the losses with the
+        first)."""
+        if losses is None:
+            losses = self.losses(w, b)
+        eta, terms, spread = self._solve_eta(losses, lam, eta_guess, spread)
         value = eta + terms + self.penalty(w)
         return {"w": w, "b": b, "eta": eta, "value": value, "losses": losses,
-                "range": (lo, hi)}  # fmt: skip
+                "range": spread}  # fmt: skip
 
-    def _sums(self, losses, lam, etas, with_range=False):
-        return self.data.reduce(
-            _eta_sums, losses, self.p, etas=etas, lam=lam, rho=self.rho,
-            with_range=with_range, combine=_combine if with_range else _add,
-        )  # fmt: skip
+    def _round(self, losses, lam, eta, with_range=False, mass=True, terms=True):
+        """One round of the 1-D solve: :func:`_combine_eta` of the chunks' parts at eta
+        (None for a non-finite eta and ``rho > 0``), with the range if asked; ``mass`` and
+        ``terms`` say which of the parts to compute (see :func:`_eta_parts`)."""
+        parts = self.data.gather(_eta_parts, losses, self.p, eta=eta, lam=lam, rho=self.rho,
+                                 with_range=with_range, mass=mass, terms=terms)  # fmt: skip
+        spread = None
+        if with_range:
+            parts, spread = _combine_range(parts)
+        combined = None if parts[0] is None else _combine_eta(parts, lam, self.rho)
+        return (combined, spread) if with_range else combined
 
-    def _solve_eta(self, losses, lam, guess):
+    def _solve_eta(self, losses, lam, guess, spread=None):
         """The optimal eta (root of ``g = log sum p c``), ``sum p term`` there and the
-        range of the losses: Halley's method on ``g`` (nearly linear in eta), safeguarded
-        on the bracket ``[min l, max l]``, one round of sums per
-        iteration. For ``rho = 0``, the exact risk ``lam log sum p exp(l / lam)``."""
-        first = guess if math.isfinite(guess) else 0.0
-        sums, (lo, hi, mean_loss) = self._sums(losses, lam, [first], with_range=True)
+        range of the losses (computed with the first round unless given). Newton's method
+        on ``g`` (nearly linear in eta), safeguarded on the bracket ``[min l, max l]``, one
+        round per iteration (a task per worker thread, three numbers per chunk). It stops
+        at an eta whose objective is within 1e-15 of the minimum in eta (relative to the
+        larger of eta and the mean loss, below the objective), to second order,
+        ``(1 - S)^2 / (2 sum p k)`` with ``S = sum p c``; :meth:`system` corrects the
+        gradient for the remaining ``1 - S`` (to first order, exact to second). The
+        relaxed sum (the objective), which costs more than the mass, is computed with the
+        round that Newton's quadratic convergence predicts to be the last (``|g|`` falling
+        to at most ``g^2 / 2``), or by a round of its own. For ``rho = 0``, the exact risk
+        ``lam log sum p exp(l / lam)``: one round."""
         if self.rho == 0:
-            s = self.data.reduce(_exp_sums, losses, self.p, shift=hi, lam=lam)
-            eta = hi + lam * math.log(s)
-            return eta, float(self._sums(losses, lam, [eta])[0, 3]), lo, hi
+            if spread is None:
+                (eta, terms), spread = self._round(losses, lam, np.nan, with_range=True)
+            else:
+                eta, terms = self._round(losses, lam, np.nan)
+            return eta, terms, spread
+        if spread is None:
+            sums, spread = self._round(losses, lam, guess, with_range=True, terms=False)
+        else:
+            sums = self._round(losses, lam, guess, terms=False) if math.isfinite(guess) else None
+        lo, hi, mean_loss = spread
+        if not hi > lo:
+            return hi, self._round(losses, lam, hi, mass=False)[2], spread
         # every c_i >= 1 at eta = min l (the weights sum to 1), every c_i <= 1 at max l
         left = lo - 1e-12 * (abs(lo) + lam)
         right = hi
-        if not hi > lo:
-            return hi, float(self._sums(losses, lam, [hi])[0, 3]), lo, hi
-        eta = first
-        if not (math.isfinite(guess) and left < eta < right):
+        eta = guess
+        if sums is None or not left < eta < right:
             eta = min(max(mean_loss, left), right)
-            sums = self._sums(losses, lam, [eta])
+            sums = self._round(losses, lam, eta, terms=False)
+        floor = 1e-15 * max(abs(eta), abs(mean_loss), 1e-300)
+
+        def close(g, curvature):  # the objective's distance to its minimum is below floor
+            mass = math.exp(g)
+            return (1.0 - mass) ** 2 <= 2.0 * curvature * floor
+
         for _ in range(100):
-            S, K, L, terms = sums[0]
-            g = math.log(max(S, 1e-300))
-            if abs(g) <= 1e-13:
-                break
+            g, dg, terms = sums
             if g > 0:
                 left = eta
-            else:
+            elif g < 0:
                 right = eta
-            dg = -K / max(S, 1e-300)
-            ddg = (-L * S - K * K) / max(S * S, 1e-300)
-            denominator = 2 * dg * dg - g * ddg
-            new = eta - 2 * g * dg / denominator if denominator != 0 else np.nan
-            if not left < new < right:
-                new = eta - g / dg if dg < 0 else np.nan
+            curvature = -dg * math.exp(g)
+            if abs(g) <= 1e-13 or close(g, curvature):
+                break
+            new = eta - g / dg if dg < 0 else np.nan
             if not left < new < right:
                 new = 0.5 * (left + right)
             if abs(new - eta) <= 1e-15 * (abs(eta) + lam):
                 break
             eta = new
-            sums = self._sums(losses, lam, [eta])
-        return eta, float(sums[0, 3]), lo, hi
+            last = abs(g) <= 1e-6 or close(0.5 * g * g, curvature)
+            sums = self._round(losses, lam, eta, terms=last)
+        if math.isnan(terms):
+            terms = self._round(losses, lam, eta, mass=False)[2]
+        return eta, terms, spread
 
     def system(self, pt, lam):
-        """The gradient and the joint Hessian at a point: one pass."""
-        grad, M = self.data.reduce(
+        """The gradient and the joint Hessian at a point: one pass. The gradient is that
+        of the objective with eta eliminated: the gradient at the point's eta, corrected
+        by ``-h (1 - S) / h_eta`` for the residual ``1 - S`` of the 1-D solve (``S = sum p
+        c``, ``h`` and ``h_eta`` the Hessian's cross and eta-eta terms), which moves it to
+        the optimal eta to first order."""
+        grad, M, mass = self.data.reduce(
             _system, self.data.X, self.t, self.p, w=pt["w"], b=pt["b"], eta=pt["eta"],
             code=self.loss, eps=self.eps, lam=lam, rho=self.rho, mean=self.mean,
             inv_scale=self.inv_scale,
         )  # fmt: skip
         d, K = self.d, self.n_outputs
+        D = (d + 1) * K
         s = self.inv_scale
         grad = grad.copy()
         M = M.copy()
+        if M[D, D] > 0:
+            grad -= (M[:D, D] * ((1.0 - mass) / M[D, D])).reshape(grad.shape)
         if self.alpha:
             grad[:d] += self.alpha * (s[:, None] * pt["w"])
             index = np.arange(d * K)
             M[index, index] += self.alpha * np.repeat(s**2, K)
         return grad.ravel(), M
+
+
+def _combine_range(parts):
+    """Split the chunks' ``(parts, range)`` of :func:`_eta_parts`: the parts, and the
+    range of all the data."""
+    parts, ranges = zip(*parts, strict=True)
+    return list(parts), (
+        min(r[0] for r in ranges),
+        max(r[1] for r in ranges),
+        sum(r[2] for r in ranges),
+    )
 
 
 def fit_distributed(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_guess=np.nan):
@@ -450,20 +744,25 @@ def fit_distributed(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_g
     free = np.ones(D, dtype=bool)
     if not prob.fit_intercept:
         free[prob.d * prob.n_outputs :] = False
-    pt = prob.point(w, b, lam_target, eta_guess)
-    lo, hi = pt["range"]
+    # the first stage: at a lam of the losses' spread the worst case is nearly the
+    # empirical distribution, whose threshold is about the mean loss
+    losses = prob.losses(w, b)
+    spread = prob.spread(losses)
+    lo, hi, mean_loss = spread
     lam = max(lam_target, hi - lo if lam_start is None else min(hi - lo, lam_start))
-    if lam != lam_target:
-        pt = prob.point(w, b, lam, pt["eta"])
+    guess = eta_guess if lam_start is not None or lam == lam_target else mean_loss
+    pt = prob.point(w, b, lam, guess, losses=losses, spread=spread)
     if not math.isfinite(pt["value"]):
         raise ValueError("The objective is not finite at the starting point.")
     log.start(pt["value"])
     n_iter = 0
     converged = False
     message = f"reached max_iter={max_iter}"
+    factor = _STAGE_FACTOR
     while True:
         final = lam <= lam_target
         previous = None
+        stage_start = n_iter
         while n_iter < max_iter:
             g, M = prob.system(pt, lam)
             h, h_eta = M[:D, D], M[D, D]
@@ -508,8 +807,12 @@ def fit_distributed(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_g
             log.record(pt["value"], lam=lam, step=t, decrement=decrement / scale)
         if final or n_iter >= max_iter:
             break
-        lam = max(lam / _STAGE_FACTOR, lam_target)
-        pt = prob.point(pt["w"], pt["b"], lam, pt["eta"])
+        # a stage that took a step or two was an easy one: the next can be further away
+        # (as in sklearn_lse._newton); the next stage's point has the same losses
+        factor = min(factor * 3, _STAGE_FACTOR**2) if n_iter - stage_start <= 2 else _STAGE_FACTOR
+        lam = max(lam / factor, lam_target)
+        pt = prob.point(pt["w"], pt["b"], lam, pt["eta"], losses=pt["losses"],
+                        spread=pt["range"])  # fmt: skip
     if not final:
         message = f"reached max_iter={max_iter} before the last stage of the lam path"
         converged = False
@@ -577,7 +880,7 @@ def build(estimator, X, y, sample_weight, *, classifier):
     targets = data.persist(_targets, data.y, classes=classes, n_outputs=K)
     uniform = sample_weight is None and class_weights is None
     if uniform:
-        p = [np.array([1.0 / n])] * len(data.X)
+        p = data.constant(np.array([1.0 / n]))
     else:
         p = data.persist(_weights, data.y, data.sw, classes=classes,
                          class_weights=class_weights, total=total)  # fmt: skip
@@ -613,8 +916,7 @@ def _fit_ball(prob, w, b, radius, options):
         pt, _ = solve(LAM_MAX, (w, b, None, np.nan))
         lam = LAM_MAX
     else:
-        first = prob.point(w, b, 1.0)
-        lo, hi = first["range"]
+        lo, hi, _ = prob.spread(prob.losses(w, b))
         size = max(abs(lo), abs(hi), 1e-300)
         lam, pt = search_temperature(
             solve, max(hi - lo, 1e-3 * size), (w, b, None, np.nan), radius=radius,

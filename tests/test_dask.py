@@ -114,3 +114,41 @@ def test_bad_dask_input_is_refused_before_work(client):
     with pytest.raises(ValueError, match="rows"):
         model.fit(Xd, yd[:100])
     assert not hasattr(model, "coef_")
+
+
+def test_radius_zero_on_a_dask_array_is_least_squares_with_its_mean_loss(client):
+    """The ball of radius 0 (lam = 1e300): the exact risk is the mean loss, summed over
+    the chunks without cancellation (no lam times a rounding error in risk_)."""
+    X, y, Xd, yd = chunked_data(seed=3)
+    dist = DRORegressor(radius=0.0).fit(Xd, yd)
+    ref = DRORegressor(radius=0.0, solver="newton").fit(X, y)
+    assert dist.risk_ == pytest.approx(ref.risk_, rel=1e-12)
+    np.testing.assert_allclose(dist.coef_, ref.coef_, rtol=1e-8, atol=1e-10)
+
+
+def test_chunks_are_grouped_by_worker_and_balanced(client):
+    """A round is one task per worker thread, on the chunks its worker holds; chunks that
+    all sit on one worker are shared out (copied once), and the fit is unchanged."""
+    from sklearn_lse._distributed import _groups
+
+    X, y, _, _ = chunked_data()
+    first = sorted(client.nthreads())[0]
+    chunks = np.array_split(np.arange(len(y)), 10)
+    Xf = client.scatter([X[rows] for rows in chunks], workers=[first])
+    yf = client.scatter([y[rows] for rows in chunks], workers=[first])
+    groups, (Xg, yg) = _groups(client, [Xf, yf])
+    assert sorted(len(group) for group in groups) == [5, 5]
+    assert sorted(i for group in groups for i in group) == list(range(10))
+    distributed.wait(Xg)
+    holders = client.who_has(Xg)
+    for group in groups:
+        assert len({holders[Xg[i].key][0] for i in group}) == 1  # one worker per group
+    assert len({holders[Xg[group[0]].key][0] for group in groups}) == 2
+    # a fit on the imbalanced chunks equals the in-memory optimum
+    Xd = da.concatenate([da.from_delayed(f, shape=(len(r), 5), dtype=float)
+                         for f, r in zip(Xf, chunks, strict=True)])  # fmt: skip
+    yd = da.concatenate([da.from_delayed(f, shape=(len(r),), dtype=float)
+                         for f, r in zip(yf, chunks, strict=True)])  # fmt: skip
+    dist = DRORegressor(lam=0.5, rho=1e-2, tol=1e-10).fit(Xd, yd)
+    ref = DRORegressor(lam=0.5, rho=1e-2, solver="newton", tol=1e-10).fit(X, y)
+    assert abs(dist.risk_ - ref.risk_) <= 1e-6 * ref.risk_
