@@ -545,6 +545,17 @@ def _certificate(prob, rows, scale):
     return 0.5 * gap / scale
 
 
+def _superlinear(before, previous, decrement):
+    """Whether the decrements ``before`` (None if unknown), ``previous``, ``decrement``
+    of successive iterations fall superlinearly: a hundredfold in the last step, or
+    fourfold and by at least twice the factor of the step before."""
+    if decrement <= 1e-2 * previous:
+        return True
+    if before is None or not before > 0 or decrement > 0.25 * previous:
+        return False
+    return decrement / previous <= 0.5 * (previous / before)
+
+
 def _newton_iterations(
     rows, *, tol, stage_tol, floor, final, max_iter, counter, log, radius, screen=None
 ):
@@ -559,14 +570,19 @@ def _newton_iterations(
 
     In the final stage a small decrement is trusted as the suboptimality only where the
     quadratic model has just been verified: the last step was a full Newton step whose
-    decrease matched the model's within a factor 2, and the decrement then fell at least
-    fourfold (quadratic convergence). Otherwise the duality gap decides (see
-    :func:`certificate`). Returns (done, suboptimality, message); ``done`` is False when
-    the iterations ran out or no step lowers the objective short of the tolerance, and
-    None when a step would leave the working set (``screen``; the step is not taken)."""
+    decrease matched the model's within a factor 2, and the decrement then fell
+    superlinearly (quadratic convergence): at least a hundredfold, or at least fourfold
+    and by at least twice the factor of the step before. A steady fall by a constant
+    factor is linear convergence, which near a kink (small lam, a cap that binds on a few
+    samples) goes with a decrement far below the suboptimality. Otherwise the duality gap
+    decides (see :func:`certificate`). Returns (done, suboptimality, message); ``done`` is
+    False when the iterations ran out or no step lowers the objective short of the
+    tolerance, and None when a step would leave the working set (``screen``; the step is
+    not taken)."""
     prob = rows.prob
     d, K = prob.X.shape[1], prob.n_outputs
     previous = None  # (decrement, Newton step with the exact Hessian, predicted, actual)
+    before = None  # the decrement before ``previous``'s
 
     def to_model(step):
         du = step.reshape(d + 1, K)
@@ -605,7 +621,7 @@ def _newton_iterations(
                 or (
                     previous[1]
                     and 0.5 * previous[2] <= previous[3] <= 2.0 * previous[2]
-                    and decrement <= 0.25 * previous[0]
+                    and _superlinear(before, previous[0], decrement)
                 )
             ):
                 return finish(model, decrement / scale, (
@@ -644,6 +660,7 @@ def _newton_iterations(
                 rows.unsafe = state  # for the caller to check against all the data
                 return None, decrement / scale, "the step may leave the working set"
         rows.adopt(state)
+        before = previous[0] if previous is not None else None
         previous = (decrement, newton and exact, predicted, actual)
         log.record(rows.value, lam=prob.lam, step=length, decrement=decrement / scale)
 
