@@ -848,7 +848,7 @@ def build(estimator, X, y, sample_weight, *, classifier):
     inv_scale = 1.0 / np.where(scale > 0, scale, 1.0)
     total = sum(c["weight"] for c in checks)
     if not total > 0:
-        raise ValueError("sample_weight must have a positive sum (all weights are zero).")
+        raise ValueError("sample_weight must contain at least one non-zero weight (all are zero).")
     extra = {"n_features_in_": data.shape[1]}
     if data.feature_names is not None and all(isinstance(c, str) for c in data.feature_names):
         extra["feature_names_in_"] = data.feature_names

@@ -139,7 +139,7 @@ def empirical_weights(sample_weight, n_samples, *, return_total=False, compact=F
     )
     top = float(w.max())
     if not top > 0:
-        raise ValueError("sample_weight must have a positive sum (all weights are zero).")
+        raise ValueError("sample_weight must contain at least one non-zero weight (all are zero).")
     scaled = w / top
     total = float(scaled.sum())
     p = np.ascontiguousarray(scaled / total)
