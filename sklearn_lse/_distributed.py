@@ -610,14 +610,14 @@ class DistributedProblem:
             )  # fmt: skip
         )[1]
 
-    def point(self, w, b, lam, eta_guess=np.nan, losses=None, spread=None):
+    def point(self, w, b, lam, eta_guess=np.nan, losses=None, spread=None, close=False):
         """The losses of (W, b) (kept on the workers; given, for the same (W, b) at
         another lam), the optimal eta and the objective at ``lam``: one pass for the
         losses, then the rounds of the 1-D solve for eta (the range of the losses with the
-        first)."""
+        first; ``close``: the guess is a prediction that may need no further round)."""
         if losses is None:
             losses = self.losses(w, b)
-        eta, terms, spread = self._solve_eta(losses, lam, eta_guess, spread)
+        eta, terms, spread = self._solve_eta(losses, lam, eta_guess, spread, close)
         value = eta + terms + self.penalty(w)
         return {"w": w, "b": b, "eta": eta, "value": value, "losses": losses,
                 "range": spread}  # fmt: skip
@@ -634,7 +634,7 @@ class DistributedProblem:
         combined = None if parts[0] is None else _combine_eta(parts, lam, self.rho)
         return (combined, spread) if with_range else combined
 
-    def _solve_eta(self, losses, lam, guess, spread=None):
+    def _solve_eta(self, losses, lam, guess, spread=None, close=False):
         """The optimal eta (root of ``g = log sum p c``), ``sum p term`` there and the
         range of the losses (computed with the first round unless given). Newton's method
         on ``g`` (nearly linear in eta), safeguarded on the bracket ``[min l, max l]``, one
@@ -645,7 +645,8 @@ class DistributedProblem:
         gradient for the remaining ``1 - S`` (to first order, exact to second). The
         relaxed sum (the objective), which costs more than the mass, is computed with the
         round that Newton's quadratic convergence predicts to be the last (``|g|`` falling
-        to at most ``g^2 / 2``), or by a round of its own. For ``rho = 0``, the exact risk
+        to at most ``g^2 / 2``; the first round if the guess is ``close``), or by a round of
+        its own. For ``rho = 0``, the exact risk
         ``lam log sum p exp(l / lam)``: one round."""
         if self.rho == 0:
             if spread is None:
@@ -654,9 +655,9 @@ class DistributedProblem:
                 eta, terms = self._round(losses, lam, np.nan)
             return eta, terms, spread
         if spread is None:
-            sums, spread = self._round(losses, lam, guess, with_range=True, terms=False)
+            sums, spread = self._round(losses, lam, guess, with_range=True, terms=close)
         else:
-            sums = self._round(losses, lam, guess, terms=False) if math.isfinite(guess) else None
+            sums = self._round(losses, lam, guess, terms=close) if math.isfinite(guess) else None
         lo, hi, mean_loss = spread
         if not hi > lo:
             return hi, self._round(losses, lam, hi, mass=False)[2], spread
@@ -669,7 +670,7 @@ class DistributedProblem:
             sums = self._round(losses, lam, eta, terms=False)
         floor = 1e-15 * max(abs(eta), abs(mean_loss), 1e-300)
 
-        def close(g, curvature):  # the objective's distance to its minimum is below floor
+        def near(g, curvature):  # the objective's distance to its minimum is below floor
             mass = math.exp(g)
             return (1.0 - mass) ** 2 <= 2.0 * curvature * floor
 
@@ -680,7 +681,7 @@ class DistributedProblem:
             elif g < 0:
                 right = eta
             curvature = -dg * math.exp(g)
-            if abs(g) <= 1e-13 or close(g, curvature):
+            if abs(g) <= 1e-13 or near(g, curvature):
                 break
             new = eta - g / dg if dg < 0 else np.nan
             if not left < new < right:
@@ -688,18 +689,19 @@ class DistributedProblem:
             if abs(new - eta) <= 1e-15 * (abs(eta) + lam):
                 break
             eta = new
-            last = abs(g) <= 1e-6 or close(0.5 * g * g, curvature)
+            last = abs(g) <= 1e-6 or near(0.5 * g * g, curvature)
             sums = self._round(losses, lam, eta, terms=last)
         if math.isnan(terms):
             terms = self._round(losses, lam, eta, mass=False)[2]
         return eta, terms, spread
 
     def system(self, pt, lam):
-        """The gradient and the joint Hessian at a point: one pass. The gradient is that
-        of the objective with eta eliminated: the gradient at the point's eta, corrected
-        by ``-h (1 - S) / h_eta`` for the residual ``1 - S`` of the 1-D solve (``S = sum p
-        c``, ``h`` and ``h_eta`` the Hessian's cross and eta-eta terms), which moves it to
-        the optimal eta to first order."""
+        """The gradient, the joint Hessian at a point and the residual ``1 - S`` of its
+        1-D solve (``S = sum p c``, the objective's derivative in eta): one pass. The
+        gradient is that of the objective with eta eliminated: the gradient at the
+        point's eta, corrected by ``-h (1 - S) / h_eta`` (``h`` and ``h_eta`` the
+        Hessian's cross and eta-eta terms), which moves it to the optimal eta to first
+        order."""
         grad, M, mass = self.data.reduce(
             _system, self.data.X, self.t, self.p, w=pt["w"], b=pt["b"], eta=pt["eta"],
             code=self.loss, eps=self.eps, lam=lam, rho=self.rho, mean=self.mean,
@@ -716,7 +718,7 @@ class DistributedProblem:
             grad[:d] += self.alpha * (s[:, None] * pt["w"])
             index = np.arange(d * K)
             M[index, index] += self.alpha * np.repeat(s**2, K)
-        return grad.ravel(), M
+        return grad.ravel(), M, 1.0 - mass
 
 
 def _combine_range(parts):
@@ -764,12 +766,18 @@ def fit_distributed(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_g
         previous = None
         stage_start = n_iter
         while n_iter < max_iter:
-            g, M = prob.system(pt, lam)
+            g, M, residual = prob.system(pt, lam)
             h, h_eta = M[:D, D], M[D, D]
             S = M[:D, :D] - np.outer(h, h) / h_eta if h_eta > 0 else M[:D, :D]
             step = -solve(S, g, free)
             decrement = -0.5 * float(g @ step)
             scale = max(abs(pt["value"]), 1e-300)
+            # the threshold after a step t of it, by the joint quadratic model in (u, eta)
+            slope = float(h @ step)
+
+            def eta_after(t, eta=pt["eta"], slope=slope, residual=residual, h_eta=h_eta):
+                return eta - (residual + t * slope) / h_eta if h_eta > 0 else eta
+
             if not final and decrement <= _STAGE_TOL * lam:
                 break
             if final and decrement <= tol * scale:
@@ -782,7 +790,8 @@ def fit_distributed(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_g
                     converged = True
                     message = f"converged: Newton decrement {decrement / scale:.2g} <= tol"
                     # the step from a point this close costs one evaluation: take it
-                    trial = prob.point(*_moved(prob, pt, step, 1.0), lam, pt["eta"])
+                    trial = prob.point(*_moved(prob, pt, step, 1.0), lam, eta_after(1.0),
+                                       close=True)  # fmt: skip
                     if trial["value"] <= pt["value"]:
                         pt = trial
                         n_iter += 1
@@ -791,7 +800,7 @@ def fit_distributed(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_g
             t = 1.0
             u0 = prob.to_standard(pt["w"], pt["b"])
             for _ in range(_MAX_HALVINGS):
-                trial = prob.point(*prob.to_model(u0 + t * step), lam, pt["eta"])
+                trial = prob.point(*prob.to_model(u0 + t * step), lam, eta_after(t), close=True)
                 if trial["value"] <= pt["value"] - 2e-4 * t * decrement:  # Armijo
                     break
                 t *= 0.5
