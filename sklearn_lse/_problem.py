@@ -83,6 +83,10 @@ def _power_of_two_scales(top):
     return np.ldexp(1.0, exponent - 1)
 
 
+# the non-zeros per block of the sparse column moments
+_SPARSE_BLOCK = 2**20
+
+
 def _column_moments(X, p, fit_intercept):
     """The weighted mean (zeros without an intercept) and standard deviation of the
     columns, overflow-free: each column is divided by a power of two of its largest
@@ -91,14 +95,23 @@ def _column_moments(X, p, fit_intercept):
     order 1e-16 E x^2 for constant columns, mistaken for a tiny scale)."""
     n, d = X.shape
     if sp.issparse(X):
+        # by blocks of rows of about _SPARSE_BLOCK non-zeros: no temporary of X's size
+        bounds = np.searchsorted(X.indptr, np.arange(0, X.nnz, _SPARSE_BLOCK), "right") - 1
+        bounds = np.unique(np.append(bounds, n))
+        blocks = list(zip(bounds[:-1], bounds[1:], strict=True))
         top = np.zeros(d)
-        if X.nnz:
-            np.maximum.at(top, X.indices, np.abs(X.data.astype(np.float64)))
+        for r0, r1 in blocks:
+            a, b = X.indptr[r0], X.indptr[r1]
+            np.maximum.at(top, X.indices[a:b], np.abs(X.data[a:b].astype(np.float64)))
         unit = _power_of_two_scales(top)
-        scaled = sp.csr_matrix((X.data / unit[X.indices], X.indices, X.indptr), shape=X.shape)
         weights = row_weights(p, slice(None), n)[:, None]
         moments = np.zeros((d, 2))
-        csr_moments(scaled.data, scaled.indices, scaled.indptr, weights, weights, moments)
+        for r0, r1 in blocks:
+            a, b = X.indptr[r0], X.indptr[r1]
+            data = X.data[a:b] / unit[X.indices[a:b]]
+            indptr = X.indptr[r0 : r1 + 1] - a
+            w = weights[r0:r1]
+            csr_moments(data, X.indices[a:b], indptr, w, w, moments)
         mean, second = moments[:, 0], moments[:, 1]
         if not fit_intercept:
             mean = np.zeros(d)

@@ -21,6 +21,8 @@ SLOW_TESTS = [
     # large n: 10^5 x 100 float32 (20-40 s), 10^6 rows (memory), n up to 20000 x 8 settings
     r"test_scale\.py::test_float32_is_trained_in_float32_without_a_float64_copy\[.*\]",
     r"test_scale\.py::test_fit_allocates_a_few_numbers_per_row_and_no_copy_of_X\[.*\]",
+    # a sparse fit on 10^5 x 2 10^4 (about 3 minutes)
+    r"test_scale\.py::test_sparse_fit_holds_no_copy_of_the_non_zeros",
     r"test_regression\.py::test_a_converged_fit_is_within_ten_tol_of_the_optimum\[.*\]",
     r"test_regression\.py::test_no_false_convergence_when_the_cap_binds_on_one_sample\[.*\]",
 ]
