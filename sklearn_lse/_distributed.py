@@ -444,6 +444,7 @@ class DaskData:
             else list(sample_weight.to_delayed(optimize_graph=False).ravel())
         )
         self.n_chunks = len(X)
+        self._held = []
         self.client = _client()
         if self.client is None:  # dask's local schedulers: a task per chunk
             groups = [[i] for i in range(len(X))]
@@ -465,14 +466,21 @@ class DaskData:
         :func:`_groups`), lazily: futures with a distributed client, dask Delayed
         otherwise. Each task returns the list of its chunks' results, or with ``reduce``,
         their combination by it."""
-        args = [(func, reduce, cols, kwargs) for cols in zip(*columns, strict=True)]
-        if self.client is not None:
-            return [self.client.submit(_on_group, *a, pure=False) for a in args]
+        groups = list(zip(*columns, strict=True))
+        if self.client is not None:  # one message to the scheduler for all the tasks
+            n = len(groups)
+            return self.client.map(_on_group, [func] * n, [reduce] * n, groups, [kwargs] * n,
+                                   pure=False)  # fmt: skip
         delayed = self.delayed(_on_group, pure=False)
-        return [delayed(*a) for a in args]
+        return [delayed(func, reduce, cols, kwargs) for cols in groups]
 
     def _results(self, tasks):
         if self.client is not None:
+            # the futures of a round's (small) results are kept until the fit ends:
+            # released at once, they would send the scheduler a message just before the
+            # next round's tasks, which the client's batched stream then holds back
+            # for its interval (10 ms)
+            self._held.append(tasks)
             return self.client.gather(tasks)
         return list(self.dask.compute(*tasks))
 
