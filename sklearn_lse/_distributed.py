@@ -42,6 +42,7 @@ from ._kernels import (
     relaxed_divergence,
     relaxed_value,
 )
+from ._problem import to_model, to_standard
 from ._result import Log
 from ._stream import solve
 
@@ -596,14 +597,10 @@ class DistributedProblem:
         return 0.5 * self.alpha * float(np.sum(np.square(w))) if self.alpha else 0.0
 
     def to_model(self, u):
-        u = np.asarray(u).reshape(-1, self.n_outputs)
-        w = u[:-1] * self.inv_scale[:, None]
-        b = u[-1] - self.mean @ w if self.fit_intercept else np.zeros(self.n_outputs)
-        return w, b
+        return to_model(self, u)
 
     def to_standard(self, w, b):
-        b_c = b + self.mean @ w if self.fit_intercept else np.zeros(self.n_outputs)
-        return np.vstack((w / self.inv_scale[:, None], b_c)).ravel()
+        return to_standard(self, w, b)
 
     def losses(self, w, b):
         """The per-sample losses of (W, b), kept on the workers (one pass over X)."""

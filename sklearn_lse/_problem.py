@@ -280,16 +280,10 @@ class Problem:
         return (self.X.shape[1] + 1) * self.n_outputs + 1
 
     def to_model(self, u):
-        """From flattened standardised coordinates ``(V, b_c)`` to the model (W, b)."""
-        u = np.asarray(u).reshape(-1, self.n_outputs)
-        w = u[:-1] * self.inv_scale[:, None]
-        b = u[-1] - self.mean @ w if self.fit_intercept else np.zeros(self.n_outputs)
-        return w, b
+        return to_model(self, u)
 
     def to_standard(self, w, b):
-        """From the model (W, b) to flattened standardised coordinates ``(V, b_c)``."""
-        b_c = b + self.mean @ w if self.fit_intercept else np.zeros(self.n_outputs)
-        return np.vstack((w / self.inv_scale[:, None], b_c)).ravel()
+        return to_standard(self, w, b)
 
     def predictions(self, w, b):
         """``X W + b`` of shape (n, K), accumulated in float64."""
@@ -298,6 +292,22 @@ class Problem:
     def predictions_of(self, rows, w, b):
         """``X W + b`` of the given rows (a slice), in float64."""
         return matmul(chunk_of(self.X, rows), w) + b
+
+
+def to_model(prob, u):
+    """From flattened standardised coordinates ``(V, b_c)`` to the model (W, b), for any
+    problem with ``mean``, ``inv_scale``, ``fit_intercept`` and ``n_outputs`` (in memory
+    or distributed)."""
+    u = np.asarray(u).reshape(-1, prob.n_outputs)
+    w = u[:-1] * prob.inv_scale[:, None]
+    b = u[-1] - prob.mean @ w if prob.fit_intercept else np.zeros(prob.n_outputs)
+    return w, b
+
+
+def to_standard(prob, w, b):
+    """From the model (W, b) to flattened standardised coordinates ``(V, b_c)``."""
+    b_c = b + prob.mean @ w if prob.fit_intercept else np.zeros(prob.n_outputs)
+    return np.vstack((w / prob.inv_scale[:, None], b_c)).ravel()
 
 
 def least_squares_start(prob):
