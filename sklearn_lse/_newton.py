@@ -60,6 +60,9 @@ _KEEP = 60.0
 _ENTER = 34.0
 # a working set is copied when it has at most this share of the rows
 _SUBSET_SHARE = 0.2
+# and rows that a step of the working set's reach could bring within the band are kept up
+# to this share of the rows
+_REACH_SHARE = 0.02
 # the Hessian's pass goes over chunks of this size, which stay in cache between the
 # chunk's products
 _CHUNK_BYTES = 2**19
@@ -73,6 +76,8 @@ _SCREEN_CANDIDATES = 256
 _STAGE_FACTOR = 10.0
 # the loose tolerance of an intermediate stage, in units of its lam
 _STAGE_TOL = 0.25
+# the line search along a Newton step gives up below this share of it
+_SHORTEST_STEP = 1e-6
 # curvature below this share of the largest is rounding (dropped from the steps)
 _RELATIVE_CURVATURE = 1e-12
 
@@ -154,6 +159,53 @@ class _Rows:
             value = self._value(centred, eta0, eta1, w)
         return value, (w, b, eta0, centred, eta1, F)
 
+    def line_search(self, dw, db, decrement):
+        """The best point found along the Newton step ``(dw, db)`` (whose model decrease
+        is ``decrement``): the full step if it lowers the objective enough (Armijo),
+        else, from the first of the steps shortened fourfold that does, a few golden
+        section steps towards the minimum along the line (the objective is convex along
+        it, with eta solved again at each point). One pass over the rows for the
+        direction's predictions; each point costs the losses and the eta solve only.
+        Returns (value, state, t), or None if no step down to ``_SHORTEST_STEP`` of it
+        lowers the objective."""
+        prob = self.prob
+        dF = prob.predictions(dw, db)
+        values, best = {}, [np.inf]
+
+        def at(t):
+            if t not in values:
+                losses = np.empty(prob.n_samples)
+                step_losses(prob.loss, self.F, dF, t, prob.y, prob.eps, losses)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    eta0, centred, eta1 = centred_eta(
+                        losses, prob.p, prob.lam, prob.rho, self.eta, overwrite=True
+                    )
+                    value = self._value(centred, eta0, eta1, self.w + t * dw)
+                values[t] = value if np.isfinite(value) else np.inf
+                if values[t] < best[0]:  # the arrays of the best point only
+                    best[:] = [values[t], t, eta0, centred, eta1]
+            return values[t]
+
+        def enough(t):  # the Armijo condition (the slope at 0 is -2 decrement)
+            return at(t) <= self.value - 2e-4 * t * decrement
+
+        def interpolated(t):
+            # the minimum of the parabola with the value and slope at 0 and the value at t
+            curvature = (at(t) - self.value + 2.0 * decrement * t) / (t * t)
+            return decrement / curvature if curvature > 0 else np.inf
+
+        t, failed = 1.0, None
+        while not enough(t):  # backtracking by interpolation, safeguarded
+            if t < _SHORTEST_STEP:
+                return None
+            failed, t = t, min(max(interpolated(t), 0.1 * t), 0.5 * t)
+        if failed is not None:  # one step towards the minimum, between t and failed
+            guess = interpolated(t)
+            if t < guess < failed:
+                at(guess)
+        value, t, eta0, centred, eta1 = best
+        return value, (self.w + t * dw, self.b + t * db, eta0, centred, eta1, self.F + t * dF), t
+
     def adopt(self, state):
         self.w, self.b, self.eta0, self.centred, self.eta1, self.F = state
         self.value = self._value(self.centred, self.eta0, self.eta1, self.w)
@@ -171,6 +223,31 @@ def _row_norms(prob):
     return norms
 
 
+def _bound_terms(prob, losses, norms):
+    """Per row, the terms of the bound on its loss after a step of length ``D`` in the
+    standardised coefficients (see :class:`_Screen`): ``(base + slope D)^2`` where
+    ``quadratic``, else ``base + slope D``. Returns (base, slope, quadratic)."""
+    if prob.loss == SQUARED_ERROR:
+        return np.sqrt(np.maximum(losses, 0.0)), norms, True
+    if prob.loss == HUBER:
+        eps = prob.eps
+        linear = losses > eps * eps
+        base = np.where(linear, (losses + eps * eps) / (2 * eps), np.sqrt(np.maximum(losses, 0)))
+        return base, norms, True
+    lipschitz = math.sqrt(2.0) if prob.loss == MULTINOMIAL else 1.0
+    return losses, norms * lipschitz, False
+
+
+def _entry_distances(prob, losses, norms, limit):
+    """Per row, the length of a step (in the standardised coefficients) from which its
+    bound reaches ``limit``: 0 for the rows already there, inf for those no step
+    brings there."""
+    base, slope, quadratic = _bound_terms(prob, losses, norms)
+    gap = (math.sqrt(max(limit, 0.0)) if quadratic else limit) - base
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(gap > 0, gap / slope, 0.0)
+
+
 class _Screen:
     """Guarantees that the rows left out of a working set stay negligible.
 
@@ -184,19 +261,7 @@ class _Screen:
 
     def __init__(self, prob, losses, norms, u0):
         self.u0 = u0
-        if prob.loss == SQUARED_ERROR:
-            base, self.quadratic = np.sqrt(np.maximum(losses, 0.0)), True
-        elif prob.loss == HUBER:
-            eps = prob.eps
-            linear = losses > eps * eps
-            base = np.where(
-                linear, (losses + eps * eps) / (2 * eps), np.sqrt(np.maximum(losses, 0))
-            )
-            self.quadratic = True
-        else:
-            lipschitz = math.sqrt(2.0) if prob.loss == MULTINOMIAL else 1.0
-            base, self.quadratic = losses, False
-            norms = norms * lipschitz
+        base, norms, self.quadratic = _bound_terms(prob, losses, norms)
         k = _SCREEN_CANDIDATES
         if base.shape[0] > 2 * k:
             candidate = np.zeros(base.shape[0], dtype=bool)
@@ -631,7 +696,21 @@ def _newton_iterations(
             gap = _certificate(prob, rows, scale)
             if gap <= tol:
                 return finish(model, gap, f"converged: duality gap {gap:.2g} <= tol")
-        while True:
+        # the Newton step, shortened along its line where the objective is not
+        # quadratic that far (a row crossing the threshold); the trust region below only
+        # where no point of that line lowers the objective enough
+        found = None
+        if counter[0] < max_iter and model.decrement > 0:
+            step, length, predicted, newton = model.step(np.inf)
+            found = rows.line_search(*to_model(step), model.decrement)
+            if found is None:  # the trust region starts inside the failed line's reach
+                radius[0] = min(radius[0], _SHORTEST_STEP * length)
+        if found is not None:
+            value, state, t = found
+            counter[0] += 1
+            length, newton = t * length, t == 1.0
+            predicted, actual = model.decrement * t * (2.0 - t), rows.value - value
+        while found is None:
             if counter[0] >= max_iter:
                 return False, decrement / scale, f"reached max_iter={max_iter}"
             step, length, predicted, newton = model.step(radius[0])
@@ -698,21 +777,32 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_guess=
     counter = [0]
     radius = [np.inf]  # in the standardised coefficients, set by the first rejected step
     norms = None
+    # the length of the steps a working set is formed to allow (in the standardised
+    # coefficients): it grows each time a step leaves the screens' guarantee
+    reach = 0.0
     working = None  # indices of the working set's rows, None for all of them
     screens = _Screens()
     factor = _STAGE_FACTOR
 
     def form(stage, F, losses, w, b, eta, band, extra=None):
-        """A working set of the rows within ``band`` lam of the threshold (and ``extra``)
-        from the per-sample arrays of all the data, the others screened; None where it
-        would hold most of the rows."""
-        nonlocal norms
+        """A working set of the rows within ``band`` lam of the threshold or that a step
+        of length ``reach`` could bring there (and ``extra``), from the per-sample
+        arrays of all the data, the others screened; None where it would hold most of
+        the rows (``reach`` shrinks first)."""
+        nonlocal norms, reach
         inside = (losses - eta) > -band * stage.lam
         if extra is not None:
             inside |= extra
         if np.count_nonzero(inside) > _SUBSET_SHARE * n:
             return None
         norms = _row_norms(prob) if norms is None else norms
+        if reach > 0:
+            t = _entry_distances(stage, losses, norms, eta - band * stage.lam)
+            t[inside] = 0.0
+            room = int(_REACH_SHARE * n) - 1
+            if np.count_nonzero(t <= reach) > room:  # the reach that fills the share
+                reach = float(np.partition(t, room)[room])
+            inside = t < reach if reach > 0 else inside
         working = np.flatnonzero(inside)
         left = ~inside
         sub = _Rows(
@@ -732,13 +822,17 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_guess=
             else:
                 rows = rows.with_lam(rows.prob.with_lam(lam), _outside_value(stage, working))
         band = _KEEP
+        start = True
         while True:
-            if working is None:
+            if start and working is None:  # at the start of a stage
                 formed = form(stage, rows.F, rows.losses, rows.w, rows.b, rows.eta, band)
                 if formed is not None:
                     working, rows, screens = formed
-            else:  # shrink the working set as lam falls; the rows it drops are screened
+            elif start:  # shrink the working set as lam falls; the rows it drops are screened
                 inside = rows.weights_above(band)
+                if reach > 0:
+                    limit = rows.eta - band * lam
+                    inside |= _entry_distances(stage, rows.losses, norms[working], limit) < reach
                 if np.count_nonzero(inside) < 0.5 * inside.shape[0]:
                     kept = np.flatnonzero(inside)
                     u = prob.to_standard(rows.w, rows.b)
@@ -749,6 +843,7 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_guess=
                     rows = rows.subset(
                         rows.prob.subset(kept), kept, _outside_value(stage, working)
                     )
+            start = False
             done, suboptimality, message = _newton_iterations(
                 rows, tol=tol, stage_tol=0.0 if final else _STAGE_TOL * lam, floor=floor,
                 final=final, max_iter=max_iter, counter=counter, log=log, radius=radius,
@@ -762,6 +857,10 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_guess=
             # current point that also holds the rows that would have (a second pass).
             w_t, b_t, eta0_t, _, eta1_t, _ = rows.unsafe
             eta_t = eta0_t + eta1_t
+            u_t = prob.to_standard(w_t, b_t)
+            length = float(np.linalg.norm(u_t - prob.to_standard(rows.w, rows.b)))
+            # the next working set allows several such steps
+            reach = max(2.0 * reach, 4.0 * length)
             F_t = prob.predictions(w_t, b_t)
             losses_t = np.empty(n)
             step_losses(prob.loss, F_t, F_t, 0.0, prob.y, prob.eps, losses_t)
@@ -779,9 +878,6 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_guess=
                 losses = np.empty(n)
                 step_losses(prob.loss, F, F, 0.0, prob.y, prob.eps, losses)
                 extra = (losses_t - eta_t) > -band * lam
-                length = np.linalg.norm(
-                    prob.to_standard(w_t, b_t) - prob.to_standard(rows.w, rows.b)
-                )
                 radius[0] = min(radius[0], 0.5 * length)
             w, b, eta = rows.w, rows.b, rows.eta
             formed = form(stage, F, losses, w, b, eta, band, extra)
