@@ -12,10 +12,18 @@ piecewise linear (close to the CVaR of the largest losses):
 * **Working sets of rows.** A sample whose loss is ``36 lam`` below the threshold has a
   weight below ``exp(-36) = 2e-16`` of its empirical one: it does not move the objective,
   its gradient or its curvature at any tolerance. Each stage iterates on the rows above
-  that band (copied once; all of them while they are many), then one pass over all the
-  data checks that no other row entered it (else the stage goes on with them). At small
-  lam the band holds a few percent of the rows, so most iterations cost a fraction of a
-  pass.
+  that band and on those that a step of the working set's *reach* could bring into it
+  (bounded row by row, :class:`_Screen`), copied once, all of them while they are many;
+  a step that goes beyond what the screen of the other rows guarantees is checked
+  against all the data (one pass), and the next working set reaches four times further.
+  At small lam the band holds a few percent of the rows, so most iterations cost a
+  fraction of a pass.
+* **Steps along the Newton direction.** Near a kink (a row crossing the threshold) the
+  quadratic model holds only up to the crossing: the Newton step is shortened by a line
+  search along it (the objective is convex along the line; each point costs the losses
+  and the eta solve of the rows, not a product with X), and starts in full at the next
+  iteration. A trust region (its radius carried from step to step) takes over only
+  where no point of the line lowers the objective.
 * **A certificate.** The Newton decrement estimates the suboptimality well only where the
   objective is nearly quadratic, which near a kink it is not. Convergence is instead
   decided by a duality gap: with the worst case ``q = p c`` of the current model fixed,
@@ -27,8 +35,7 @@ piecewise linear (close to the CVaR of the largest losses):
   own Newton decrement, an estimate (accurate near its optimum, where it is used).
 
 Each iteration costs about three passes over its rows (the gradient and Hessian in one,
-the trial predictions, the losses); the line search along the Newton direction reuses the
-direction's predictions. Everything that runs per sample is in :mod:`sklearn_lse._kernels`.
+the direction's predictions, the losses of each point of the line search). Everything that runs per sample is in :mod:`sklearn_lse._kernels`.
 """
 
 import math
@@ -624,14 +631,16 @@ def _superlinear(before, previous, decrement):
 def _newton_iterations(
     rows, *, tol, stage_tol, floor, final, max_iter, counter, log, radius, screen=None
 ):
-    """Trust-region Newton iterations on ``rows`` until the decrement (an intermediate
-    stage) or the suboptimality (the final stage) is below the tolerance.
+    """Newton iterations on ``rows`` until the decrement (an intermediate stage) or the
+    suboptimality (the final stage) is below the tolerance.
 
-    The steps minimise the quadratic model within a radius (``radius[0]``, in the
-    standardised coefficients, carried from one iteration and stage to the next), which
-    grows after steps that the objective confirms and shrinks after those it does not:
-    where the objective is nearly piecewise linear, the model's flat directions would
-    otherwise send a Newton step far beyond the region where it holds.
+    Each step is the Newton step, shortened by a line search along it where the objective
+    stops being quadratic before its end (:meth:`_Rows.line_search`). Where no point of
+    that line lowers the objective enough (a model whose flat directions send the step
+    far beyond the region where it holds), the step minimises the quadratic model within
+    a radius (``radius[0]``, in the standardised coefficients, carried from one such
+    step to the next), which grows after steps that the objective confirms and shrinks
+    after those it does not.
 
     In the final stage a small decrement is trusted as the suboptimality only where the
     quadratic model has just been verified: the last step was a full Newton step whose
