@@ -437,6 +437,8 @@ def _project(v, flat):
 def _positions(index, flat):
     """The flat shifts as positions among the free coordinates ``index`` (the fixed
     ones, the intercepts without fit_intercept, are whole rows)."""
+    if not flat.size:  # one output: none
+        return flat
     inside = np.all(np.isin(flat, index), axis=1)
     return np.searchsorted(index, flat[inside])
 
