@@ -34,7 +34,9 @@ def make(n, d, seed=0):
 
 def dro_epoch_time(X, y, lam):
     return epoch_time(
-        lambda k: DRORegressor(lam=lam, rho=1e-2, max_iter=k, tol=0, random_state=0), X, y
+        lambda k: DRORegressor(lam=lam, rho=1e-2, solver="sgd", max_iter=k, tol=0, random_state=0),
+        X,
+        y,
     )
 
 

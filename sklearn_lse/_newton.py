@@ -35,7 +35,8 @@ piecewise linear (close to the CVaR of the largest losses):
   own Newton decrement, an estimate (accurate near its optimum, where it is used).
 
 Each iteration costs about three passes over its rows (the gradient and Hessian in one,
-the direction's predictions, the losses of each point of the line search). Everything that runs per sample is in :mod:`sklearn_lse._kernels`.
+the direction's predictions, the losses of each point of the line search). Everything
+that runs per sample is in :mod:`sklearn_lse._kernels`.
 """
 
 import math
