@@ -15,7 +15,8 @@ piecewise linear (close to the CVaR of the largest losses):
   that band and on those that a step of the working set's *reach* could bring into it
   (bounded row by row, :class:`_Screen`), copied once, all of them while they are many;
   a step that goes beyond what the screen of the other rows guarantees is checked
-  against all the data (one pass), and the next working set reaches four times further.
+  against all the data (one pass), and the next working set reaches further (four
+  times that step, and at least twice its previous reach).
   At small lam the band holds a few percent of the rows, so most iterations cost a
   fraction of a pass.
 * **Steps along the Newton direction.** Near a kink (a row crossing the threshold) the
@@ -170,10 +171,11 @@ class _Rows:
     def line_search(self, dw, db, decrement):
         """The best point found along the Newton step ``(dw, db)`` (whose model decrease
         is ``decrement``): the full step if it lowers the objective enough (Armijo),
-        else, from the first of the steps shortened fourfold that does, a few golden
-        section steps towards the minimum along the line (the objective is convex along
-        it, with eta solved again at each point). One pass over the rows for the
-        direction's predictions; each point costs the losses and the eta solve only.
+        else the first step shortened by safeguarded quadratic interpolation (Nocedal and
+        Wright, section 3.5) that does, and one more interpolation towards the minimum
+        along the line (the objective is convex along it, with eta solved again at each
+        point). One pass over the rows for the direction's predictions; each point costs
+        the losses and the eta solve only.
         Returns (value, state, t), or None if no step down to ``_SHORTEST_STEP`` of it
         lowers the objective."""
         prob = self.prob
