@@ -107,7 +107,8 @@ DOCS = {
         ``tol`` (and by the tests within ``10 * tol``) of its optimum. Below this tolerance
         the solver must certify the point: by the duality gap of the weighted problem
         (exact for the squared error) or, for ``"newton"``, by a full Newton step whose
-        decrease matches the quadratic model, followed by a fourfold smaller decrement.
+        decrease matches the quadratic model, followed by a superlinear fall of the
+        decrement (a hundredfold, or tenfold and accelerating).
         A fit that cannot certify its point warns with ``ConvergenceWarning``.
     n_iter_no_change : int, default=5
         Number of epochs without progress before ``"sgd"`` checks its point.

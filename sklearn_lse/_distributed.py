@@ -42,6 +42,7 @@ from ._kernels import (
     relaxed_divergence,
     relaxed_value,
 )
+from ._newton import superlinear
 from ._problem import to_model, to_standard
 from ._result import Log
 from ._stream import solve
@@ -743,8 +744,9 @@ def fit_distributed(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_g
     warm start's temperature. Returns (point, n_iter, converged, message, history).
 
     A small decrement is trusted as the suboptimality only where the quadratic model has
-    just been verified (a full step whose decrease matched the model's, then a fourfold
-    smaller decrement), as in :mod:`sklearn_lse._newton`."""
+    just been verified (a full step whose decrease matched the model's, then a
+    superlinear fall of the decrement, :func:`sklearn_lse._newton.superlinear`), as in
+    :mod:`sklearn_lse._newton`."""
     log = Log("newton", verbose)
     lam_target = prob.lam
     D = prob.dim - 1
@@ -768,7 +770,7 @@ def fit_distributed(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_g
     factor = _STAGE_FACTOR
     while True:
         final = lam <= lam_target
-        previous = None
+        previous = before = None
         stage_start = n_iter
         while n_iter < max_iter:
             g, M, residual = prob.system(pt, lam)
@@ -789,7 +791,7 @@ def fit_distributed(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_g
                 verified = previous is not None and (
                     previous[0] <= 1e-14 * scale
                     or (previous[1] and 0.5 * previous[2] <= previous[3] <= 2.0 * previous[2]
-                        and decrement <= 0.25 * previous[0])
+                        and superlinear(before, previous[0], decrement))
                 )  # fmt: skip
                 if verified:
                     converged = True
@@ -816,6 +818,7 @@ def fit_distributed(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_g
                 )
                 break
             n_iter += 1
+            before = previous[0] if previous is not None else None
             previous = (decrement, t == 1.0, decrement, pt["value"] - trial["value"])
             pt = trial
             log.record(pt["value"], lam=lam, step=t, decrement=decrement / scale)

@@ -19,12 +19,15 @@ piecewise linear (close to the CVaR of the largest losses):
   times that step, and at least twice its previous reach).
   At small lam the band holds a few percent of the rows, so most iterations cost a
   fraction of a pass.
-* **Steps along the Newton direction.** Near a kink (a row crossing the threshold) the
-  quadratic model holds only up to the crossing: the Newton step is shortened by a line
-  search along it (the objective is convex along the line; each point costs the losses
-  and the eta solve of the rows, not a product with X), and starts in full at the next
-  iteration. A trust region (its radius carried from step to step) takes over only
-  where no point of the line lowers the objective.
+* **A trust region with a line search.** Near a kink (a row crossing the threshold) the
+  quadratic model holds only up to the crossing. Each step minimises the model within a
+  radius (the Newton step where it is shorter) and is then shortened by a line search
+  along it where the objective is not quadratic that far (the objective is convex along
+  the line; each point costs the losses and the eta solve of the rows, not a product
+  with X). The radius follows what the line search found: twice the accepted length
+  after a shortened step, four times the radius after a confirmed step at it, so it
+  never collapses by rejected trials nor grows back by doublings (a pure trust region
+  crawled there, a pure line search along Newton steps zigzagged between two kinks).
 * **A certificate.** The Newton decrement estimates the suboptimality well only where the
   objective is nearly quadratic, which near a kink it is not. Convergence is instead
   decided by a duality gap: with the worst case ``q = p c`` of the current model fixed,
@@ -168,14 +171,14 @@ class _Rows:
             value = self._value(centred, eta0, eta1, w)
         return value, (w, b, eta0, centred, eta1, F)
 
-    def line_search(self, dw, db, decrement):
-        """The best point found along the Newton step ``(dw, db)`` (whose model decrease
-        is ``decrement``): the full step if it lowers the objective enough (Armijo),
-        else the first step shortened by safeguarded quadratic interpolation (Nocedal and
-        Wright, section 3.5) that does, and one more interpolation towards the minimum
-        along the line (the objective is convex along it, with eta solved again at each
-        point). One pass over the rows for the direction's predictions; each point costs
-        the losses and the eta solve only.
+    def line_search(self, dw, db, slope):
+        """The best point found along the step ``(dw, db)`` (``slope``, negative, the
+        objective's derivative along it at 0): the full step if it lowers the objective
+        enough (Armijo), else the first step shortened by safeguarded quadratic
+        interpolation (Nocedal and Wright, section 3.5) that does, and one more
+        interpolation towards the minimum along the line (the objective is convex along
+        it, with eta solved again at each point). One pass over the rows for the
+        direction's predictions; each point costs the losses and the eta solve only.
         Returns (value, state, t), or None if no step down to ``_SHORTEST_STEP`` of it
         lowers the objective."""
         prob = self.prob
@@ -196,13 +199,13 @@ class _Rows:
                     best[:] = [values[t], t, eta0, centred, eta1]
             return values[t]
 
-        def enough(t):  # the Armijo condition (the slope at 0 is -2 decrement)
-            return at(t) <= self.value - 2e-4 * t * decrement
+        def enough(t):  # the Armijo condition
+            return at(t) <= self.value + 1e-4 * t * slope
 
         def interpolated(t):
             # the minimum of the parabola with the value and slope at 0 and the value at t
-            curvature = (at(t) - self.value + 2.0 * decrement * t) / (t * t)
-            return decrement / curvature if curvature > 0 else np.inf
+            curvature = (at(t) - self.value - slope * t) / (t * t)
+            return -0.5 * slope / curvature if curvature > 0 else np.inf
 
         t, failed = 1.0, None
         while not enough(t):  # backtracking by interpolation, safeguarded
@@ -545,6 +548,10 @@ class _Model:
         predicted = -float(self.g @ x + 0.5 * x @ (self.H @ x))
         return s, float(np.sqrt(np.sum(x**2))), predicted, False
 
+    def slope(self, s):
+        """The model's (and the objective's) derivative along the step ``s`` at 0."""
+        return float(self.g @ s[self.index])
+
     def _constrained(self, radius):
         """The trust-region step by the Newton iteration on ``1 / ||s(mu)|| = 1 /
         radius`` (More and Sorensen; Nocedal and Wright, Algorithm 4.3): from ``mu = 0``,
@@ -622,13 +629,15 @@ def _certificate(prob, rows, scale):
     return 0.5 * gap / scale
 
 
-def _superlinear(before, previous, decrement):
+def superlinear(before, previous, decrement):
     """Whether the decrements ``before`` (None if unknown), ``previous``, ``decrement``
     of successive iterations fall superlinearly: a hundredfold in the last step, or
-    fourfold and by at least twice the factor of the step before."""
+    tenfold and by at least twice the factor of the step before. (A fall by 0.6, 0.7,
+    then 0.24 is not: near a kink, where the decrement was 1000 times below the
+    suboptimality, it once passed for quadratic convergence.)"""
     if decrement <= 1e-2 * previous:
         return True
-    if before is None or not before > 0 or decrement > 0.25 * previous:
+    if before is None or not before > 0 or decrement > 0.1 * previous:
         return False
     return decrement / previous <= 0.5 * (previous / before)
 
@@ -639,18 +648,18 @@ def _newton_iterations(
     """Newton iterations on ``rows`` until the decrement (an intermediate stage) or the
     suboptimality (the final stage) is below the tolerance.
 
-    Each step is the Newton step, shortened by a line search along it where the objective
-    stops being quadratic before its end (:meth:`_Rows.line_search`). Where no point of
-    that line lowers the objective enough (a model whose flat directions send the step
-    far beyond the region where it holds), the step minimises the quadratic model within
-    a radius (``radius[0]``, in the standardised coefficients, carried from one such
-    step to the next), which grows after steps that the objective confirms and shrinks
-    after those it does not.
+    Each step minimises the quadratic model within a radius (``radius[0]``, in the
+    standardised coefficients, carried from one iteration and stage to the next; the
+    Newton step where it is shorter), shortened by a line search along it where the
+    objective stops being quadratic before its end (:meth:`_Rows.line_search`); the
+    radius is then set from the accepted length (see the module docstring). Where no
+    point of that line lowers the objective enough, trust-region trials at shrinking
+    radii follow.
 
     In the final stage a small decrement is trusted as the suboptimality only where the
     quadratic model has just been verified: the last step was a full Newton step whose
     decrease matched the model's within a factor 2, and the decrement then fell
-    superlinearly (quadratic convergence): at least a hundredfold, or at least fourfold
+    superlinearly (quadratic convergence): at least a hundredfold, or at least tenfold
     and by at least twice the factor of the step before. A steady fall by a constant
     factor is linear convergence, which near a kink (small lam, a cap that binds on a few
     samples) goes with a decrement far below the suboptimality. Otherwise the duality gap
@@ -700,7 +709,7 @@ def _newton_iterations(
                 or (
                     previous[1]
                     and 0.5 * previous[2] <= previous[3] <= 2.0 * previous[2]
-                    and _superlinear(before, previous[0], decrement)
+                    and superlinear(before, previous[0], decrement)
                 )
             ):
                 return finish(model, decrement / scale, (
@@ -715,15 +724,24 @@ def _newton_iterations(
         # where no point of that line lowers the objective enough
         found = None
         if counter[0] < max_iter and model.decrement > 0:
-            step, length, predicted, newton = model.step(np.inf)
-            found = rows.line_search(*to_model(step), model.decrement)
+            step, length, predicted, newton = model.step(radius[0])
+            slope = model.slope(step)
+            found = rows.line_search(*to_model(step), slope)
             if found is None:  # the trust region starts inside the failed line's reach
                 radius[0] = min(radius[0], _SHORTEST_STEP * length)
         if found is not None:
             value, state, t = found
             counter[0] += 1
-            length, newton = t * length, t == 1.0
-            predicted, actual = model.decrement * t * (2.0 - t), rows.value - value
+            # the model's decrease at t along the step (its curvature from ``predicted``)
+            predicted = -t * slope + t * t * (predicted + slope)
+            actual = rows.value - value
+            if t < 1.0:  # the model held up to here: the next step stays near it
+                radius[0] = 2.0 * t * length
+            elif newton:
+                radius[0] = max(radius[0], 2.0 * length)
+            elif actual > 0.75 * predicted:  # a step at the radius, confirmed
+                radius[0] = 4.0 * length
+            length, newton = t * length, newton and t == 1.0
         while found is None:
             if counter[0] >= max_iter:
                 return False, decrement / scale, f"reached max_iter={max_iter}"
