@@ -180,7 +180,8 @@ def _newton(indptr, idx, val, loga, logb, f, g, eps, tol, max_steps=30):
     rows = np.repeat(np.arange(n), np.diff(indptr))
 
     def state(f, g):
-        p = np.exp(loga[rows] + logb[idx] + (f[rows] + g[idx] - val) / eps)
+        with np.errstate(over="ignore"):  # a trial step too long: rejected (dual -inf)
+            p = np.exp(loga[rows] + logb[idx] + (f[rows] + g[idx] - val) / eps)
         r, c = np.bincount(rows, p, n), np.bincount(idx, p, m)
         return p, r, c, a @ f + b @ g - eps * p.sum(), np.abs(r - a).sum() + np.abs(c - b).sum()
 
@@ -243,8 +244,9 @@ def reference_scaled(
     Convergence is accepted only after one pass over all pairs: its row and column errors
     (``sum_i |P_i. - a_i|``, :func:`reference`'s measure) below ``tol`` and no dropped pair
     whose exponent now exceeds ``-recut`` (otherwise the support is rebuilt and the
-    iterations go on). The value is the exact dual value at the potentials,
-    ``<a, f> + <b, g> - eps (mass - 1)``, that pass's sum over all pairs. ``stages`` lists
+    iterations go on, both cuts 10 further out if no pair was above ``-recut``). The value
+    is the exact dual value at the potentials, ``<a, f> + <b, g> - eps (mass - 1)``, that
+    pass's sum over all pairs. ``stages`` lists
     per stage: temperature, iterations, support fraction (or "dense"), last
     over-relaxation, its halvings, and for the last stage Newton steps, full row error and
     violations.
@@ -339,6 +341,8 @@ def reference_scaled(
             if (row_err < tol and col_err < tol and violations == 0) or it_total >= max_iter:
                 value = float(a @ f + b @ g - eps * (mass - 1.0))
                 return value, it_total, max(row_err, col_err), stages
+            if violations == 0:  # converged on a support that misses too much mass
+                cut, recut = cut + 10.0, recut + 10.0
 
 
 def dual_value(a, b, C, eps, f, g):
