@@ -439,6 +439,11 @@ def main(argv=None):
         metavar="N:REL[:D],...",
         help="these problems only, e.g. 10000:0.01 or 1000:0.001:10 (d = 2 and 10 if no D)",
     )
+    parser.add_argument(
+        "--tols",
+        default="1e-3,1e-5,1e-7",
+        help="EntropicTransport's tol values, the last one compared (default 1e-3,1e-5,1e-7)",
+    )
     args = parser.parse_args(argv)
     import ot  # the bench extra
 
@@ -451,7 +456,7 @@ def main(argv=None):
         grid = [(1000, 1e-1, (2, 10))]
     else:
         grid = [(n, rel, (2, 10)) for n in (1000, 10_000) for rel in (1e-1, 1e-2, 1e-3)]
-    tols = [1e-3, 1e-5, 1e-7]
+    tols = [float(t) for t in args.tols.split(",")]
     warm = mixtures(200, 2)
     EntropicTransport(epsilon=1.0, random_state=0).fit(*warm)  # compile the kernels
     detail, summary = [], []
