@@ -169,11 +169,11 @@ def _full_check(C, loga, logb, f, g, eps, f0, g0, cut, recut):
     return row_err, col_err, mass, violations
 
 
-def _newton(indptr, idx, val, loga, logb, f, g, eps, tol, max_steps=30):
+def _newton(indptr, idx, val, loga, logb, f, g, eps, tol, max_steps=30, direct_below=200_000):
     """Damped Newton steps on the entropic dual restricted to a support (CSR), in place;
     stops when its L1 marginal error is below ``tol``. Returns the number of steps."""
     import scipy.sparse as sp
-    from scipy.sparse.linalg import spsolve
+    from scipy.sparse.linalg import LinearOperator, cg, spsolve
 
     n, m = len(f), len(g)
     a, b = np.exp(loga), np.exp(logb)
@@ -191,11 +191,25 @@ def _newton(indptr, idx, val, loga, logb, f, g, eps, tol, max_steps=30):
             return step
         # minus the dual's Hessian, times eps, made definite by a ridge of 1e-12 of its
         # diagonal (the dual is invariant under f + t, g - t on each connected component
-        # of the support)
+        # of the support); a direct solve on small supports (SuperLU's fill-in crashed on
+        # 4e7 pairs), else conjugate gradients preconditioned by the diagonal
         P = sp.csr_matrix((p, idx, indptr), shape=(n, m))
-        diag = np.concatenate([r, c])
-        K = sp.bmat([[None, P], [P.T, None]]) + sp.diags(diag * (1.0 + 1e-12))
-        d = eps * spsolve(K.tocsc(), np.concatenate([a - r, b - c]))
+        diag = np.concatenate([r, c]) * (1.0 + 1e-12)
+        rhs = np.concatenate([a - r, b - c])
+        if len(idx) <= direct_below:
+            K = sp.bmat([[None, P], [P.T, None]]) + sp.diags(diag)
+            d = eps * spsolve(K.tocsc(), rhs)
+        else:
+            PT = P.T.tocsr()
+            K = LinearOperator(
+                (n + m, n + m),
+                matvec=lambda x, P=P, PT=PT, diag=diag: (
+                    diag * x + np.concatenate([P @ x[n:], PT @ x[:n]])
+                ),
+                dtype=float,
+            )
+            M = LinearOperator((n + m, n + m), matvec=lambda x, w=diag: x / w, dtype=float)
+            d = eps * cg(K, rhs, rtol=1e-10, atol=0.0, maxiter=10_000, M=M)[0]
         df, dg = d[:n], d[n:]
         t = 1.0
         while True:
@@ -223,6 +237,7 @@ def reference_scaled(
     overrelax=True,
     omega_max=1.99,
     newton_from=1e-5,
+    direct_below=200_000,
     max_iter=200_000,
 ):
     """Exact entropic OT by log-domain Sinkhorn with epsilon-scaling and truncation
@@ -239,7 +254,8 @@ def reference_scaled(
     measured contraction as for SOR, halved back from the best iterate if the error grows.
     On a sparse support the last stage ends with damped Newton steps on the truncated dual
     once the error is below ``newton_from`` (Sinkhorn's slow mode at small ``eps``, mass
-    moving between clusters, takes it 1e5+ iterations).
+    moving between clusters, takes it 1e5+ iterations): a direct sparse solve up to
+    ``direct_below`` kept pairs, else conjugate gradients.
 
     Convergence is accepted only after one pass over all pairs: its row and column errors
     (``sum_i |P_i. - a_i|``, :func:`reference`'s measure) below ``tol`` and no dropped pair
@@ -313,7 +329,9 @@ def reference_scaled(
                 it_total += 1
             steps = 0
             if last and not dense and target <= err < newton_from:
-                steps = _newton(indptr, idx, val, loga, logb, f, g, level, 0.1 * tol)
+                steps = _newton(
+                    indptr, idx, val, loga, logb, f, g, level, 0.1 * tol, direct_below=direct_below
+                )
             elif err < target:  # the last half-step, so that the columns are exact
                 f[:] = f_new
                 if dense:
