@@ -129,8 +129,10 @@ def test_sparse_fit_holds_no_copy_of_the_non_zeros():
     """The set-up's column scaling goes by blocks of non-zeros: a fit on a CSR matrix
     allocates well under the size of X (it held two arrays of X's non-zeros at once,
     1.36 X at its peak)."""
-    X = sp.random(100_000, 20_000, density=2e-3, format="csr", random_state=0)
+    # a Generator: with a seed, scipy's legacy sampler draws a permutation of all
+    # 2e9 positions (16 GB, minutes) to place the 4e6 non-zeros
     rng = np.random.default_rng(0)
+    X = sp.random(100_000, 20_000, density=2e-3, format="csr", random_state=rng)
     y = (X @ rng.normal(size=20_000) + 0.1 * rng.normal(size=100_000)) > 0
     size = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
     with warnings.catch_warnings():
