@@ -158,17 +158,24 @@ class _Rows:
             relaxation_terms(self.centred[rows], 0.0, self.eta1, prob.lam, prob.rho, c, k)
             yield Z, prob.weights(rows), c, k, dl, ddl, rows
 
+    def _trial(self, pred, step, t, w):
+        """The value and the solved threshold ``(value, eta0, centred, eta1)`` at the
+        predictions ``pred + t * step`` and coefficients ``w`` (one loss evaluation and
+        eta solve over the rows)."""
+        prob = self.prob
+        losses = np.empty(prob.n_samples)
+        step_losses(prob.loss, pred, step, t, prob.y, prob.eps, losses)
+        with np.errstate(over="ignore", invalid="ignore"):  # a long trial may overflow
+            eta0, centred, eta1 = centred_eta(losses, prob.p, prob.lam, prob.rho, self.eta, True)
+            value = self._value(centred, eta0, eta1, w)
+        return value, eta0, centred, eta1
+
     def try_step(self, dw, db):
         """The value at ``(w + dw, b + db)`` with eta solved again, and the trial's state
         for :meth:`adopt`: one pass over the rows for the new predictions."""
-        prob = self.prob
         w, b = self.w + dw, self.b + db
-        F = prob.predictions(w, b)
-        trial = np.empty(prob.n_samples)
-        step_losses(prob.loss, F, F, 0.0, prob.y, prob.eps, trial)
-        with np.errstate(over="ignore", invalid="ignore"):  # a long trial may overflow
-            eta0, centred, eta1 = centred_eta(trial, prob.p, prob.lam, prob.rho, self.eta, True)
-            value = self._value(centred, eta0, eta1, w)
+        F = self.prob.predictions(w, b)
+        value, eta0, centred, eta1 = self._trial(F, F, 0.0, w)
         return value, (w, b, eta0, centred, eta1, F)
 
     def line_search(self, dw, db, slope):
@@ -187,13 +194,7 @@ class _Rows:
 
         def at(t):
             if t not in values:
-                losses = np.empty(prob.n_samples)
-                step_losses(prob.loss, self.F, dF, t, prob.y, prob.eps, losses)
-                with np.errstate(over="ignore", invalid="ignore"):
-                    eta0, centred, eta1 = centred_eta(
-                        losses, prob.p, prob.lam, prob.rho, self.eta, overwrite=True
-                    )
-                    value = self._value(centred, eta0, eta1, self.w + t * dw)
+                value, eta0, centred, eta1 = self._trial(self.F, dF, t, self.w + t * dw)
                 values[t] = value if np.isfinite(value) else np.inf
                 if values[t] < best[0]:  # the arrays of the best point only
                     best[:] = [values[t], t, eta0, centred, eta1]
@@ -889,8 +890,9 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_guess=
             # current point that also holds the rows that would have (a second pass).
             w_t, b_t, eta0_t, _, eta1_t, _ = rows.unsafe
             eta_t = eta0_t + eta1_t
-            u_t = prob.to_standard(w_t, b_t)
-            length = float(np.linalg.norm(u_t - prob.to_standard(rows.w, rows.b)))
+            length = float(
+                np.linalg.norm(prob.to_standard(w_t, b_t) - prob.to_standard(rows.w, rows.b))
+            )
             # the next working set allows several such steps
             reach = max(2.0 * reach, 4.0 * length)
             F_t = prob.predictions(w_t, b_t)
