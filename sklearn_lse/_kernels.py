@@ -822,3 +822,38 @@ def csr_moments(data, indices, indptr, V, W, out):
             x2 = x * x
             for c in range(m2):
                 out[j, m + c] += x2 * W[i, c]
+
+
+@njit(**_NJIT)
+def column_top(X, top):
+    """``top[j] = max(top[j], max_i |X_ij|)`` for a dense X of any float type and layout."""
+    n, d = X.shape
+    for i in range(n):
+        for j in range(d):
+            a = abs(X[i, j])
+            if a > top[j]:
+                top[j] = a
+
+
+@njit(**_NJIT)
+def shifted_moments(X, p, inv_unit, shift, out):
+    """In one pass over a dense X: ``out[j, 0] += sum_i p_i v_ij`` and ``out[j, 1] +=
+    sum_i p_i v_ij^2`` with ``v_ij = X_ij inv_unit_j - shift_j`` (``p`` of length 1: uniform
+    weights). Summed by blocks of rows, so that rounding grows with n / 1024 + 1024, not n.
+    A column equal to its shift everywhere gives exact zeros."""
+    n, d = X.shape
+    block = np.zeros((d, 2))
+    uniform = p.shape[0] == 1
+    for i in range(n):
+        pi = p[0] if uniform else p[i]
+        for j in range(d):
+            v = X[i, j] * inv_unit[j] - shift[j]
+            pv = pi * v
+            block[j, 0] += pv
+            block[j, 1] += pv * v
+        if (i + 1) % 1024 == 0 or i == n - 1:
+            for j in range(d):
+                out[j, 0] += block[j, 0]
+                out[j, 1] += block[j, 1]
+                block[j, 0] = 0.0
+                block[j, 1] = 0.0

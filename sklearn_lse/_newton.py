@@ -218,7 +218,10 @@ class _Rows:
             if t < guess < failed:
                 at(guess)
         value, t, eta0, centred, eta1 = best
-        return value, (self.w + t * dw, self.b + t * db, eta0, centred, eta1, self.F + t * dF), t
+        if t != 1.0:
+            dF *= t
+        dF += self.F  # the predictions at the point, in the direction's array
+        return value, (self.w + t * dw, self.b + t * db, eta0, centred, eta1, dF), t
 
     def adopt(self, state):
         self.w, self.b, self.eta0, self.centred, self.eta1, self.F = state

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ._kernels import LOG_LOSS, MULTINOMIAL, csr_moments
+from ._kernels import LOG_LOSS, MULTINOMIAL, column_top, csr_moments, shifted_moments
 
 _CHUNK = 8192  # rows per chunk in the passes that must not copy X
 # sparse rows per chunk, divided by K (K + 3) for K outputs: the per-row arrays (about
@@ -91,8 +91,9 @@ def _column_moments(X, p, fit_intercept):
     """The weighted mean (zeros without an intercept) and standard deviation of the
     columns, overflow-free: each column is divided by a power of two of its largest
     absolute value first (so that data of 1e200 have finite squares), and the variance is
-    taken about the mean in a second pass (``E x^2 - (E x)^2`` would leave rounding of
-    order 1e-16 E x^2 for constant columns, mistaken for a tiny scale)."""
+    taken about a value of the column, not zero (``E x^2 - (E x)^2`` would leave rounding
+    of order 1e-16 E x^2 for constant columns, mistaken for a tiny scale): for dense data
+    about one row, in the Numba kernels (two passes over X, no copy of it)."""
     n, d = X.shape
     if sp.issparse(X):
         # by blocks of rows of about _SPARSE_BLOCK non-zeros: no temporary of X's size
@@ -118,20 +119,28 @@ def _column_moments(X, p, fit_intercept):
         var = np.maximum(second - mean * mean, 0.0)
         var[var <= 1e-14 * second] = 0.0
         return mean * unit, np.sqrt(var) * unit, top
+    # dense: about the row of largest weight (a constant column gives an exact zero; the
+    # shift costs at most n times the relative precision in the variance, since that
+    # row's own share of the variance bounds its distance from the mean)
     top = np.zeros(d)
-    for start in range(0, n, _CHUNK):
-        top = np.maximum(top, np.abs(rows64(X, slice(start, start + _CHUNK))).max(axis=0))
+    column_top(X, top)
     unit = _power_of_two_scales(top)
-    mean = np.zeros(d)
+    inv_unit = 1.0 / unit  # exact: powers of two
+    weights = np.asarray(p, dtype=np.float64)
     if fit_intercept:
-        for start in range(0, n, _CHUNK):
-            rows = slice(start, start + _CHUNK)
-            mean += row_weights(p, rows, n) @ (rows64(X, rows) / unit)
-    var = np.zeros(d)
-    for start in range(0, n, _CHUNK):
-        rows = slice(start, start + _CHUNK)
-        centred = rows64(X, rows) / unit - mean
-        var += np.einsum("ij,ij,i->j", centred, centred, row_weights(p, rows, n))
+        shift = np.asarray(X[int(np.argmax(weights)) if weights.shape[0] > 1 else 0], np.float64)
+        shift = shift * inv_unit
+    else:
+        shift = np.zeros(d)
+    sums = np.zeros((d, 2))
+    shifted_moments(X, weights, inv_unit, shift, sums)
+    total = float(weights[0]) * n if weights.shape[0] == 1 else float(np.sum(weights))
+    first, second = sums[:, 0] / total, sums[:, 1] / total
+    if fit_intercept:
+        mean = shift + first
+        var = np.maximum(second - first * first, 0.0)
+    else:
+        mean, var = np.zeros(d), second
     scale = np.sqrt(var)
     scale[scale <= 1e-12 * (1.0 + np.abs(mean))] = 0.0
     return mean * unit, scale * unit, top
@@ -286,12 +295,16 @@ class Problem:
         return to_standard(self, w, b)
 
     def predictions(self, w, b):
-        """``X W + b`` of shape (n, K), accumulated in float64."""
-        return matmul(self.X, w) + b
+        """``X W + b`` of shape (n, K), accumulated in float64 (one new array)."""
+        F = matmul(self.X, w)
+        F += b
+        return F
 
     def predictions_of(self, rows, w, b):
         """``X W + b`` of the given rows (a slice), in float64."""
-        return matmul(chunk_of(self.X, rows), w) + b
+        F = matmul(chunk_of(self.X, rows), w)
+        F += b
+        return F
 
 
 def to_model(prob, u):
