@@ -55,6 +55,7 @@ from ._kernels import (
     SQUARED_ERROR,
     centred_eta,
     curvature_matrix,
+    curvature_terms,
     pointwise_losses,
     relaxation_terms,
     relaxed_value,
@@ -78,6 +79,9 @@ _REACH_SHARE = 0.02
 # the Hessian's pass goes over chunks of this size, which stay in cache between the
 # chunk's products
 _CHUNK_BYTES = 2**19
+# a sketch's pass (the gradient: products with few columns) goes over larger chunks: fewer
+# chunks, less work per chunk in Python
+_SKETCH_CHUNK_BYTES = 2**23
 # the Hessian of many rows, while far from the optimum, from an importance sample of this
 # share of them (at least this many rows per coefficient)
 _SKETCH_SHARE = 1 / 16
@@ -143,20 +147,25 @@ class _Rows:
         risk = eta0 + relaxed_value(centred, prob.p, eta1, prob.lam, prob.rho)
         return risk + self.outside + prob.penalty(w)
 
-    def derivatives(self, standardised=True):
-        """Per chunk of rows: ``(Z, pc, c, k, dl, ddl, rows)`` at the current point, with
-        ``Z`` the standardised rows (None without ``standardised``) and ``pc`` the
-        empirical weights."""
+    def derivatives(self, standardised=True, chunk_bytes=_CHUNK_BYTES):
+        """Per chunk of rows (of about ``chunk_bytes`` of rows of X): ``(Z, pc, c, k, dl,
+        ddl, rows)`` at the current point, with ``Z`` the standardised rows (None without
+        ``standardised``) and ``pc`` the empirical weights."""
+        for rows in self.prob.chunks(chunk_bytes):
+            yield self.derivatives_of(rows, standardised)
+
+    def derivatives_of(self, rows, standardised=True):
+        """``(Z, pc, c, k, dl, ddl, rows)`` (see :meth:`derivatives`) of the given rows (a
+        slice or indices)."""
         prob = self.prob
-        for rows in prob.chunks(_CHUNK_BYTES):
-            Z = prob.standardised(rows) if standardised else None
-            F = self.F[rows]
-            loss = np.empty(F.shape[0])
-            dl, ddl = np.empty_like(F), np.empty_like(F)
-            pointwise_losses(prob.loss, F, prob.y[rows], prob.eps, loss, dl, ddl)
-            c, k = np.empty(F.shape[0]), np.empty(F.shape[0])
-            relaxation_terms(self.centred[rows], 0.0, self.eta1, prob.lam, prob.rho, c, k)
-            yield Z, prob.weights(rows), c, k, dl, ddl, rows
+        Z = prob.standardised(rows) if standardised else None
+        F = self.F[rows]
+        loss = np.empty(F.shape[0])
+        dl, ddl = np.empty_like(F), np.empty_like(F)
+        pointwise_losses(prob.loss, F, prob.y[rows], prob.eps, loss, dl, ddl)
+        c, k = np.empty(F.shape[0]), np.empty(F.shape[0])
+        relaxation_terms(self.centred[rows], 0.0, self.eta1, prob.lam, prob.rho, c, k)
+        return Z, prob.weights(rows), c, k, dl, ddl, rows
 
     def _trial(self, pred, step, t, w):
         """The value and the solved threshold ``(value, eta0, centred, eta1)`` at the
@@ -336,7 +345,9 @@ def _system(prob, rows, irls=False, exact=True):
     bias from an importance sample of about ``_SKETCH_SHARE`` of the rows (each kept with
     probability ``min(1, m a_i / sum a)``, ``a_i`` its curvature, and weighted by the
     inverse): a Newton step needs the curvature's shape, not every digit, and the rows
-    with the most curvature are always kept. The gradient and the eta terms stay exact.
+    with the most curvature are always kept. The gradient and the eta terms stay exact:
+    the pass computes them and the sizes ``a_i``; the sample's rows are visited again
+    after it.
 
     With one output and data for which it is safe (``Problem.raw_sums``), the sums run
     over the raw rows (no standardised copy of them) and are mapped to the standardised
@@ -351,29 +362,19 @@ def _system(prob, rows, irls=False, exact=True):
     G = np.zeros((d + 1, 2 * K))  # gradient and eta cross terms, in (x, 1) coordinates
     H = np.zeros((d + 1, K, d + 1, K))
     h_eta = 0.0
-    if sketch:  # a first pass for the total curvature (the sample's normaliser)
-        rng = np.random.default_rng(rows.draws)
-        rows.draws += 1
-        total = 0.0
-        for _, pc, c, k, dl, ddl, _ in rows.derivatives(standardised=False):
-            A = np.empty((pc.shape[0], K, K))
-            curvature_matrix(prob.loss, pc, c, k, dl, ddl, False, A)
-            total += float(np.einsum("ikk->", A))
-        total = max(total, 1e-300)
     Z = None
+    if sketch:  # the per-row curvature sizes (the sample's probabilities) in the pass
+        sizes = np.empty(n)
     # chunk by chunk: no per-row array (nor standardised rows) outlives its chunk
-    for Z, pc, c, k, dl, ddl, chunk in rows.derivatives(standardised=not (raw or sketch)):
-        if sketch:
-            A = np.empty((pc.shape[0], K, K))
-            curvature_matrix(prob.loss, pc, c, k, dl, ddl, False, A)
-            q = np.minimum(1.0, m * np.einsum("ikk->i", A) / total)
-            kept = np.flatnonzero(rng.random(q.shape[0]) < q)
-            Zk = prob.standardised(np.arange(chunk.start, chunk.stop)[kept])
-            _add_gram(H, Zk, A[kept] / q[kept, None, None])
+    chunk_bytes = _SKETCH_CHUNK_BYTES if sketch else _CHUNK_BYTES
+    for Z, pc, c, k, dl, ddl, chunk in rows.derivatives(not (raw or sketch), chunk_bytes):
+        if sketch:  # the trace of each row's curvature, for the sample drawn below
+            pk = np.empty(pc.shape[0])
+            curvature_terms(prob.loss, pc, c, k, dl, ddl, sizes[chunk], np.empty_like(dl), pk)
         else:
             A = np.empty((pc.shape[0], K, K))
             curvature_matrix(prob.loss, pc, c, k, dl, ddl, irls, A)
-        pk = pc * k
+            pk = pc * k
         columns = np.concatenate(((pc * c)[:, None] * dl, pk[:, None] * dl), axis=1)
         if Z is None:  # raw rows, mapped at the end
             Xc = chunk_of(prob.X, chunk)
@@ -391,6 +392,18 @@ def _system(prob, rows, irls=False, exact=True):
             if not sketch:
                 _add_gram(H, Z, A)
         h_eta += float(np.sum(pk))
+    if sketch:  # each row kept with probability min(1, m a_i / sum a), weighted by its inverse
+        rng = np.random.default_rng(rows.draws)
+        rows.draws += 1
+        q = np.minimum(1.0, m * sizes / max(float(np.sum(sizes)), 1e-300))
+        kept = np.flatnonzero(rng.random(n) < q)
+        for start in range(0, kept.shape[0], _SKETCH_ROWS * (D + 1)):
+            part = kept[start : start + _SKETCH_ROWS * (D + 1)]
+            Zk, pc, c, k, dl, ddl, _ = rows.derivatives_of(part)
+            A = np.empty((part.shape[0], K, K))
+            curvature_matrix(prob.loss, pc, c, k, dl, ddl, False, A)
+            _add_gram(H, Zk, A / q[part, None, None])
+        Z = None  # the gradient's sums ran over the raw rows
     s, mean = prob.inv_scale, prob.mean
     if Z is None and n > 0:  # from (x, 1) to (s (x - mean), 1)
         G[:d] = s[:, None] * (G[:d] - mean[:, None] * G[d])
