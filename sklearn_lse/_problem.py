@@ -339,16 +339,18 @@ def least_squares_start(prob):
     moment = np.zeros(d + 1)
     s, m = prob.inv_scale, prob.mean
     raw = prob.raw_sums  # else over standardised copies of the chunks
+    uniform = prob.p.shape[0] == 1
     for rows in prob.chunks():
         Z = rows64(X, rows) if raw else prob.standardised(rows)[:, :d]
         p = prob.weights(rows)
-        pZ = Z * p[:, None]
-        gram[:d, :d] += Z.T @ pZ
-        column = pZ.sum(axis=0)
-        gram[:d, d] += column
+        B = Z if uniform else Z * np.sqrt(p)[:, None]  # B^T B: a symmetric product
+        gram[:d, :d] += B.T @ B
+        gram[:d, d] += p @ Z
         gram[d, d] += p.sum()
-        moment[:d] += pZ.T @ prob.y[rows]
+        moment[:d] += (p * prob.y[rows]) @ Z
         moment[d] += p @ prob.y[rows]
+    if uniform:
+        gram[:d, :d] *= prob.p[0]
     gram[d, :d] = gram[:d, d]
     if raw:
         gram[:d, :] -= np.outer(m, gram[d, :])
