@@ -404,11 +404,11 @@ def _system(prob, rows, irls=False, exact=True):
         q = np.minimum(1.0, m * sizes / max(float(np.sum(sizes)), 1e-300))
         kept = np.flatnonzero(rng.random(n) < q)
         for start in range(0, kept.shape[0], _SKETCH_ROWS * (D + 1)):
-            part = kept[start : start + _SKETCH_ROWS * (D + 1)]
-            Zk, pc, c, k, dl, ddl, _ = rows.derivatives_of(part)
-            A = np.empty((part.shape[0], K, K))
+            sample = kept[start : start + _SKETCH_ROWS * (D + 1)]
+            Zk, pc, c, k, dl, ddl, _ = rows.derivatives_of(sample)
+            A = np.empty((sample.shape[0], K, K))
             curvature_matrix(prob.loss, pc, c, k, dl, ddl, False, A)
-            _add_gram(H, Zk, A / q[part, None, None], prob.loss == MULTINOMIAL)
+            _add_gram(H, Zk, A / q[sample, None, None], prob.loss == MULTINOMIAL)
         Z = None  # the gradient's sums ran over the raw rows
     s, mean = prob.inv_scale, prob.mean
     if Z is None and n > 0:  # from (x, 1) to (s (x - mean), 1)

@@ -146,3 +146,62 @@ def test_the_relaxation_factor_and_curvature_are_the_term_s_derivatives(rho, lam
     if rho > 0:
         z = d / lam + np.log(rho) - np.log1p(-rho)
         np.testing.assert_allclose(c, 1 / (1 + np.exp(-z)) / rho, rtol=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_dense_column_moments_match_numpy(weighted, fit_intercept):
+    """The two-pass kernels behind the standardisation give NumPy's weighted mean and
+    standard deviation (about zero without an intercept); a constant column has a scale of
+    exactly zero (not rounding), and
+    columns of 1e200 or 1e-200 times the data have that many times its moments, finite.
+    Float32 and Fortran-ordered data give the same as their float64 C-ordered copy."""
+    from sklearn_lse._problem import _column_moments
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    base = np.column_stack([rng.normal(size=n), 2000 + 10 * rng.normal(size=n)])
+    X = np.column_stack([base, np.full(n, 0.7), 1e200 * base[:, 0], 1e-200 * base[:, 0]])
+    p = rng.random(n) if weighted else np.ones(n)
+    p /= p.sum()
+    weights = p if weighted else p[:1]
+    mean, scale, _ = _column_moments(X, weights, fit_intercept)
+    ref_mean = np.average(base, axis=0, weights=p) if fit_intercept else np.zeros(2)
+    ref_scale = np.sqrt(np.average((base - ref_mean) ** 2, axis=0, weights=p))
+    np.testing.assert_allclose(mean[:2], ref_mean, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(scale[:2], ref_scale, rtol=1e-10)
+    if fit_intercept:
+        assert scale[2] == 0.0
+    else:  # the root mean square about zero
+        assert scale[2] == pytest.approx(0.7, rel=1e-14)
+    np.testing.assert_allclose(scale[3:], [1e200 * scale[0], 1e-200 * scale[0]], rtol=1e-12)
+    np.testing.assert_allclose(mean[3:], [1e200 * mean[0], 1e-200 * mean[0]], rtol=1e-10)
+    small = X[:, :3].astype(np.float32)
+    for variant in (small, np.asfortranarray(small)):
+        got = _column_moments(variant, weights, fit_intercept)
+        want = _column_moments(small.astype(np.float64), weights, fit_intercept)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_multinomial_hessian_from_the_off_diagonal_class_blocks():
+    """Newton's multinomial Hessian, whose diagonal class blocks are minus the sums of the
+    others (each row's curvature sums to zero over the classes), equals the sum over all
+    K (K + 1) / 2 blocks, the relaxation's curvature included."""
+    from sklearn_lse._newton import _add_gram
+
+    rng = np.random.default_rng(1)
+    n, d, K = 400, 6, 4
+    Z = np.column_stack([rng.normal(size=(n, d)), np.ones(n)])
+    F = rng.normal(size=(n, K)) * 3
+    y = rng.integers(0, K, n).astype(float)
+    loss, dl, ddl = np.empty(n), np.empty((n, K)), np.empty((n, K))
+    _kernels.pointwise_losses(_kernels.MULTINOMIAL, F, y, 0.0, loss, dl, ddl)
+    p, c, k = np.full(n, 1 / n), rng.random(n) * 5, rng.random(n)
+    for irls in (False, True):
+        A = np.empty((n, K, K))
+        _kernels.curvature_matrix(_kernels.MULTINOMIAL, p, c, k, dl, ddl, irls, A)
+        full, zero_sums = np.zeros((d + 1, K, d + 1, K)), np.zeros((d + 1, K, d + 1, K))
+        _add_gram(full, Z, A)
+        _add_gram(zero_sums, Z, A, zero_sums=True)
+        np.testing.assert_allclose(zero_sums, full, rtol=0, atol=1e-13 * np.abs(full).max())
