@@ -490,8 +490,11 @@ def _add_gram(H, Z, A, zero_sums=False):
     blocks are minus the sums of the others: K (K - 1) / 2 products instead of
     K (K + 1) / 2 (a third fewer for 5 classes, half for 3)."""
     K = A.shape[1]
+    if K == 1:  # one output: the symmetric product of _gram
+        H[:, 0, :, 0] += _gram(Z, A[:, 0, 0])
+        return
     for a in range(K):
-        for b in range(a + 1 if zero_sums and K > 1 else a, K):
+        for b in range(a + 1 if zero_sums else a, K):
             block = Z.T @ (Z * A[:, a, b][:, None])
             H[:, a, :, b] += block
             if b != a:
