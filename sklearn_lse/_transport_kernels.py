@@ -124,8 +124,21 @@ def exact_step(code, X, Y, C, transposed, w, wt, f, g, eps, rho, h, stats):
         fi = f[i] * inv + log_rho
         for j in range(m):
             r += wt[j] * sigmoid(fi + (g[j] - pair_cost(code, X, i, Y, j, C, transposed)) * inv)
-        # every pair far below the threshold: move up by a bounded amount
-        log_r = math.log(r / rho) if r > 1e-300 else -20.0
+        if r > 1e-250:
+            log_r = math.log(r / rho)
+        else:  # every pair far below the threshold: sigmoid(x) = exp(x), in log domain
+            top = -np.inf
+            for j in range(m):
+                if wt[j] > 0.0:
+                    z = (g[j] - pair_cost(code, X, i, Y, j, C, transposed)) * inv
+                    top = max(top, math.log(wt[j]) + z)
+            acc = 0.0
+            for j in range(m):
+                if wt[j] > 0.0:
+                    z = (g[j] - pair_cost(code, X, i, Y, j, C, transposed)) * inv
+                    acc += math.exp(math.log(wt[j]) + z - top)
+            log_r = fi - log_rho + top + math.log(acc)
+            r = rho * math.exp(max(log_r, -700.0))
         dec += w[i] * log_r * log_r
         f[i] -= eps * log_r
         h[i] = r / rho
@@ -290,3 +303,113 @@ def barycentric_map(code, X, Y, C, b, f, g, eps, rho, out):
                 out[i, k] += w * Y[j, k]
         for k in range(d):
             out[i, k] /= total
+
+
+@njit(**_NJIT)
+def support_tops(code, X, Y, C, f, g, eps, row_top, col_top):
+    """The largest exponent ``z_ij = (f_i + g_j - C_ij) / eps`` of each row and column."""
+    inv = 1.0 / eps
+    col_top[:] = -np.inf
+    for i in range(X.shape[0]):
+        top = -np.inf
+        for j in range(Y.shape[0]):
+            z = (f[i] + g[j] - pair_cost(code, X, i, Y, j, C, False)) * inv
+            top = max(top, z)
+            col_top[j] = max(col_top[j], z)
+        row_top[i] = top
+
+
+@njit(inline="always", **_NJIT)
+def _kept(c, i, j, f, g, row_top, col_top, inv, cut):
+    """Whether the pair (i, j) of cost ``c`` is in the support at the potentials (f, g):
+    its exponent above ``-cut``, or within ``cut`` of the largest exponent of its row or
+    of its column."""
+    return (f[i] + g[j] - c) * inv > min(0.0, max(row_top[i], col_top[j])) - cut
+
+
+@njit(**_NJIT)
+def support_counts(code, X, Y, C, f, g, tops, f2, g2, tops2, eps, cut, counts):
+    """``counts[i]``: the pairs of row ``i`` kept by :func:`_kept` at (f, g) or at
+    (f2, g2), ``tops`` and ``tops2`` their rows' and columns' largest exponents."""
+    inv = 1.0 / eps
+    for i in range(X.shape[0]):
+        k = 0
+        for j in range(Y.shape[0]):
+            c = pair_cost(code, X, i, Y, j, C, False)
+            if _kept(c, i, j, f, g, tops[0], tops[1], inv, cut) or _kept(
+                c, i, j, f2, g2, tops2[0], tops2[1], inv, cut
+            ):
+                k += 1
+        counts[i] = k
+
+
+@njit(**_NJIT)
+def support_fill(code, X, Y, C, f, g, tops, f2, g2, tops2, eps, cut, indptr, idx, cost):
+    """The pairs counted by :func:`support_counts`, by rows (CSR: targets ``idx``, costs
+    ``cost``)."""
+    inv = 1.0 / eps
+    for i in range(X.shape[0]):
+        k = indptr[i]
+        for j in range(Y.shape[0]):
+            c = pair_cost(code, X, i, Y, j, C, False)
+            if _kept(c, i, j, f, g, tops[0], tops[1], inv, cut) or _kept(
+                c, i, j, f2, g2, tops2[0], tops2[1], inv, cut
+            ):
+                idx[k] = j
+                cost[k] = c
+                k += 1
+
+
+@njit(**_NJIT)
+def support_state(indptr, idx, cost, a, b, f, g, eps, rho, curv, row, col, hrow, hcol):
+    """The relaxed dual on a support of pairs (CSR), at the potentials (f, g).
+
+    Writes the row masses ``row_i = sum_j b_j s_ij``, the column masses
+    ``col_j = sum_i a_i s_ij``, the curvatures ``curv_k = a_i b_j s_ij (1 - rho s_ij)`` of
+    the pairs (minus ``eps`` times the dual's Hessian between ``f_i`` and ``g_j``) and their
+    sums ``hrow_i = sum_j b_j s_ij (1 - rho s_ij)``, ``hcol_j = sum_i a_i s_ij (1 - rho
+    s_ij)``; returns ``sum_ij a_i b_j softplus(z_ij + log rho) / rho`` over the support.
+    """
+    inv = 1.0 / eps
+    log_rho = math.log(rho)
+    col[:] = 0.0
+    hcol[:] = 0.0
+    soft = 0.0
+    for i in range(indptr.shape[0] - 1):
+        fi = f[i] * inv + log_rho
+        r = 0.0
+        h = 0.0
+        rs = 0.0
+        for k in range(indptr[i], indptr[i + 1]):
+            j = idx[k]
+            z = fi + (g[j] - cost[k]) * inv
+            e = math.exp(-abs(z))
+            sig = 1.0 / (1.0 + e) if z >= 0.0 else e / (1.0 + e)
+            s = sig / rho
+            c = s * (1.0 - sig)
+            r += b[j] * s
+            h += b[j] * c
+            rs += b[j] * (max(z, 0.0) + math.log1p(e))
+            col[j] += a[i] * s
+            hcol[j] += a[i] * c
+            curv[k] = a[i] * b[j] * c
+        row[i] = r
+        hrow[i] = h
+        soft += a[i] * rs / rho
+    return soft
+
+
+@njit(**_NJIT)
+def support_product(indptr, idx, curv, xf, xg, out_f, out_g):
+    """``out = P x`` for the symmetric off-diagonal block matrix ``[[0, P], [P^T, 0]]``
+    of the pairs' curvatures ``P_ij = curv_k``: ``out_f = P xg``, ``out_g = P^T xf``, in
+    one pass over the rows."""
+    out_g[:] = 0.0
+    for i in range(indptr.shape[0] - 1):
+        s = 0.0
+        xi = xf[i]
+        for k in range(indptr[i], indptr[i + 1]):
+            j = idx[k]
+            s += curv[k] * xg[j]
+            out_g[j] += curv[k] * xi
+        out_f[i] = s

@@ -44,6 +44,11 @@ __all__ = ["EntropicTransport"]
 
 _FIRST_DRAWS = 16  # samples per row of the first iteration
 _STAGE_ITERATIONS = 3  # iterations per intermediate temperature of the annealing
+# Newton steps: pairs whose exponent exceeds -_SUPPORT_CUT are kept, at most _SUPPORT_PAIRS
+# of them (20 bytes each); rebuilt once the potentials rose by _SUPPORT_MARGIN temperatures
+_SUPPORT_CUT = 25.0
+_SUPPORT_MARGIN = 5.0
+_SUPPORT_PAIRS = 2**25
 # metric names: computed on the fly in the kernels, or by scipy's cdist into a matrix
 _METRICS = set(kern.METRIC_CODES) | {
     "braycurtis",
@@ -72,7 +77,8 @@ def _sampler(weights, rng):
 
 
 def solve_relaxed_dual(code, Xs, Xt, C, a, b, *, eps, rho, tol, max_iter, rng, verbose=0):
-    """Stochastic ascent on the relaxed dual; returns ``(f, g, n_iter, converged)``.
+    """Stochastic ascent on the relaxed dual, ended by Newton steps; returns
+    ``(f, g, n_iter, converged)``.
 
     Each iteration is a half-step on the source potentials ``f`` (every source point
     ``i`` with ``K`` targets drawn from ``b``) and one on the target potentials ``g``
@@ -89,9 +95,16 @@ def solve_relaxed_dual(code, Xs, Xt, C, a, b, *, eps, rho, tol, max_iter, rng, v
       floor, the iterate carries the previous step's noise and the squared steps are
       twice the variance); once ``K`` reaches half
       of the other side's size, the steps use exact row masses (no noise);
-    * at ``eps``, the iterations stop when the Newton decrement of the dual (an estimate
-      of the suboptimality of its value, sampling noise included) is below
-      ``tol * max(|value|, eps)``.
+    * at ``eps``, once the steps are exact or stall at their noise floor, the fit ends
+      with damped Newton steps on the pairs that carry mass
+      (:func:`_newton_on_support`), which stop when the Newton decrement (the gap of
+      the quadratic model) is below ``tol * max(|value|, eps)``;
+    * when those pairs are too many to store (large temperatures, large clouds), the
+      half-steps go on, and they stop when the gap they imply is below that bound: their
+      decrement ``delta_k`` shrinks by a factor ``q`` per iteration (measured over the last
+      iterations), so the gap is about ``delta_k / (1 - q)``. The decrement alone would
+      claim convergence early: at small temperatures ``q`` is close to 1 (mass moving
+      between clusters), and the gap hundreds of times the decrement.
     """
     n, m = a.shape[0], b.shape[0]
     draw_t, draw_s = _sampler(b, rng), _sampler(a, rng)
@@ -108,18 +121,21 @@ def solve_relaxed_dual(code, Xs, Xt, C, a, b, *, eps, rho, tol, max_iter, rng, v
         return -(-size // kern.BLOCK)
 
     kern.sampled_c_transform(code, Xs, Xt, C, False, g, draw_t((blocks(n), K)), temps[0], f)
-    n_iter, converged, start = 0, False, time.perf_counter()
+    n_iter, start = 0, time.perf_counter()
+    newton = True  # until the support turns out too large to store
     for e in temps:
         final = e == eps
+        decrements = []
         for it in range(max_iter):
             stats = np.zeros(2)
-            if 2 * K >= m:
+            exact_f, exact_g = 2 * K >= m, 2 * K >= n
+            if exact_f:
                 kern.exact_step(code, Xs, Xt, C, False, a, b, f, g, e, rho, hf, stats)
             else:
                 kern.sampled_step(
                     code, Xs, Xt, C, False, a, f, g, draw_t((blocks(n), K)), e, rho, hf, stats
                 )
-            if 2 * K >= n:
+            if exact_g:
                 kern.exact_step(code, Xt, Xs, C, True, b, a, g, f, e, rho, hg, stats)
             else:
                 kern.sampled_step(
@@ -127,25 +143,200 @@ def solve_relaxed_dual(code, Xs, Xt, C, a, b, *, eps, rho, tol, max_iter, rng, v
                 )
             n_iter += 1
             decrement, noise = 0.5 * e * stats[0], 0.5 * e * stats[1]
+            decrements.append(decrement)
             # at the noise floor of steps of size 1 (in units of the curvature), the
             # iterate carries the previous step's noise: decrement ~ 2 x noise
-            if noise > 0.25 * decrement and 2 * K < max(n, m):
-                K *= 2
+            stalled = noise > 0.25 * decrement
             scale = max(abs(a @ f + b @ g), e)
+            gap = _implied_gap(decrements)
             if verbose:
                 print(
                     f"iteration {n_iter}: eps={e:.3g}, draws per point={K}, "
-                    f"decrement/value={decrement / scale:.2e}, "
+                    f"decrement/value={decrement / scale:.2e}, gap/value={gap / scale:.2e}, "
                     f"{time.perf_counter() - start:.2f} s"
                 )
-            if decrement <= tol * scale:
-                converged = final
-                break
-            if not final and it + 1 >= _STAGE_ITERATIONS:
-                break
+            if final and gap <= tol * scale:
+                return f, g, n_iter, True
             if n_iter >= max_iter:
                 return f, g, n_iter, False
-    return f, g, n_iter, converged
+            if final and newton and (stalled or (exact_f and exact_g) or it >= 2):
+                if not (exact_f and exact_g):  # every row and column near mass 1
+                    kern.exact_step(code, Xs, Xt, C, False, a, b, f, g, e, rho, hf, stats)
+                    kern.exact_step(code, Xt, Xs, C, True, b, a, g, f, e, rho, hg, stats)
+                    n_iter += 1
+                result = _newton_on_support(
+                    code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_iter - n_iter, verbose
+                )
+                if result is not None:
+                    f, g, steps, converged = result
+                    return f, g, n_iter + steps, converged
+                newton = False
+            if stalled and 2 * K < max(n, m):
+                K *= 2
+            if not final and (decrement <= tol * scale or it + 1 >= _STAGE_ITERATIONS):
+                break
+    return f, g, n_iter, False
+
+
+def _implied_gap(decrements, window=10):
+    """The gap to the optimum implied by the last decrements of a linearly converging
+    iteration: ``delta_k / (1 - q)``, ``q`` the mean contraction per iteration over the
+    last ``window`` ones (infinite while they do not shrink, or with fewer than 3)."""
+    if len(decrements) < 3:
+        return np.inf
+    w = min(window, len(decrements) - 1)
+    last, first = decrements[-1], decrements[-1 - w]
+    if not 0.0 < last < first:
+        return 0.0 if last == 0.0 else np.inf
+    q = (last / first) ** (1.0 / w)
+    return last / (1.0 - q)
+
+
+def _support(code, Xs, Xt, C, eps, *points):
+    """The pairs that carry mass at any of the ``points`` (potentials ``(f, g)``), by rows
+    (CSR: ``indptr``, target indices, costs), or None when they are more than
+    ``_SUPPORT_PAIRS``: those whose exponent exceeds ``-_SUPPORT_CUT``, and in a row or a
+    column far below its mass, those within ``_SUPPORT_CUT`` of its largest exponent (so
+    that no row or column is empty)."""
+    n, m = Xs.shape[0], Xt.shape[0]
+    tops = []
+    for f, g in points:
+        row_top, col_top = np.empty(n), np.empty(m)
+        kern.support_tops(code, Xs, Xt, C, f, g, eps, row_top, col_top)
+        tops.append((row_top, col_top))
+    (f, g), (f2, g2) = points[0], points[-1]
+    args = (code, Xs, Xt, C, f, g, tops[0], f2, g2, tops[-1], eps, _SUPPORT_CUT)
+    counts = np.empty(n, np.int64)
+    kern.support_counts(*args, counts)
+    nnz = int(counts.sum())
+    if nnz > _SUPPORT_PAIRS:
+        return None
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    idx, cost = np.empty(nnz, np.int32), np.empty(nnz)
+    kern.support_fill(*args, indptr, idx, cost)
+    return indptr, idx, cost
+
+
+def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, verbose=0):
+    """Damped Newton steps on the relaxed dual over the pairs that carry mass; returns
+    ``(f, g, steps, converged)``, or None when those pairs are too many to store.
+
+    The pairs kept are those whose exponent ``z_ij`` exceeds ``-_SUPPORT_CUT`` where the
+    steps start (one pass over all pairs); the others weigh less than
+    ``exp(-_SUPPORT_CUT)`` each. The support is built again, at the current potentials,
+    whenever a step would lift the potentials so far (``max_i df_i + max_j dg_j >
+    _SUPPORT_MARGIN * eps`` since it was built) that a dropped pair could weigh more than
+    ``exp(_SUPPORT_MARGIN - _SUPPORT_CUT)``: then on the pairs that carry mass at either
+    end of the step, and the step is judged there. The Newton
+    system (minus the dual's Hessian: diagonal row and column curvatures, the pairs'
+    curvatures off the diagonal, a graph Laplacian of the support) is solved by conjugate
+    gradients preconditioned by its diagonal: they take about the square root of the
+    iterations that alternating half-steps (Sinkhorn's) need to converge. A step that gains
+    less than a quarter of what the quadratic model predicts raises a damping (a multiple
+    of the diagonal added to the system, Levenberg-Marquardt), one that gains most of it
+    lowers it; a step that loses is not taken. The steps stop, undamped, when the
+    decrement ``grad^T H^-1 grad / 2``, the gap of the quadratic model, is below
+    ``tol * max(|value|, eps)``.
+    """
+    n, m = a.shape[0], b.shape[0]
+    support = _support(code, Xs, Xt, C, eps, (f, g))
+    if support is None:
+        return None
+    f, g = f.copy(), g.copy()
+    f0, g0 = f.copy(), g.copy()
+    row, hrow, col, hcol = np.empty(n), np.empty(n), np.empty(m), np.empty(m)
+    start = time.perf_counter()
+
+    def state(f, g):
+        indptr, idx, cost = support
+        curv = np.empty(idx.shape[0])
+        soft = kern.support_state(
+            indptr, idx, cost, a, b, f, g, eps, rho, curv, row, col, hrow, hcol
+        )
+        return a @ f + b @ g - eps * soft, curv
+
+    value, curv = state(f, g)
+    damping = 0.0
+    margin = _SUPPORT_MARGIN * eps
+    for step in range(max_steps):
+        grad = np.concatenate([a * (1.0 - row), b * (1.0 - col)])
+        diag = np.concatenate([a * hrow, b * hcol])
+        if not np.all(diag > 0.0):  # a row or column without curvature (underflow)
+            return None if step == 0 else (f, g, step, False)
+        # the dual is flat along (f + t, g - t) on each connected part of the support: a
+        # ridge of 1e-12 keeps the system definite, and the damping (Levenberg-Marquardt)
+        # the steps short while a part is cut off from the mass it needs
+        d, cg_iter, solved = _conjugate_gradients(
+            support[0], support[1], curv, diag * (1.0 + 1e-12 + damping), grad, n
+        )
+        gd = grad @ d
+        decrement = 0.5 * eps * gd
+        scale = max(abs(a @ f + b @ g), eps)
+        if verbose:
+            print(
+                f"Newton step {step + 1}: pairs kept={support[1].shape[0]}, damping="
+                f"{damping:.1e}, conjugate gradients={cg_iter}, "
+                f"decrement/value={decrement / scale:.2e}, {time.perf_counter() - start:.2f} s"
+            )
+        if damping == 0.0 and solved and decrement <= tol * scale:
+            return f, g, step, True
+        # a step that lifts the potentials so far that a dropped pair could rise above
+        # -(cut - margin) is compared on the pairs that carry mass at either end
+        ft, gt = f + eps * d[:n], g + eps * d[n:]
+        rebuilt = np.max(ft - f0) + np.max(gt - g0) > margin
+        if rebuilt:
+            support = _support(code, Xs, Xt, C, eps, (f, g), (ft, gt))
+            if support is None:
+                return f, g, step, False
+            value, curv = state(f, g)
+        # the gain the quadratic model predicts for the damped step
+        predicted = decrement + 0.5 * eps * damping * ((d * diag) @ d)
+        trial, trial_curv = state(ft, gt)
+        ratio = (trial - value) / predicted
+        if predicted <= 1e-13 * scale:  # at the rounding of the value: try undamped
+            damping = 0.0
+        elif ratio < 0.25:
+            damping = max(4.0 * damping, 1e-3)
+        elif ratio > 0.75:
+            damping = damping / 4.0 if damping > 1e-6 else 0.0
+        if trial >= value:
+            f, g, value, curv = ft, gt, trial, trial_curv
+        else:  # rejected: back to (f, g)
+            if damping > 1e12:
+                return f, g, step + 1, False
+            value, curv = state(f, g)
+        if rebuilt:
+            f0, g0 = f.copy(), g.copy()
+    return f, g, max_steps, False
+
+
+def _conjugate_gradients(indptr, idx, curv, diag, rhs, n, rtol=1e-6, max_iter=2000):
+    """Solve ``(diag + [[0, P], [P^T, 0]]) x = rhs`` (``P`` the pairs' curvatures on the
+    support, ``n`` rows) by conjugate gradients preconditioned by ``diag``, to a relative
+    preconditioned residual of ``rtol``; returns ``(x, iterations, solved)``. The decrement
+    ``rhs^T x`` then has a relative error of about ``rtol^2`` times the condition number."""
+    x = np.zeros_like(rhs)
+    r = rhs.copy()
+    z = r / diag
+    p = z.copy()
+    rz = r @ z
+    stop = rtol * rtol * rz
+    out = np.empty_like(rhs)
+    for it in range(1, max_iter + 1):
+        kern.support_product(indptr, idx, curv, p[:n], p[n:], out[:n], out[n:])
+        out += diag * p
+        alpha = rz / (p @ out)
+        x += alpha * p
+        r -= alpha * out
+        np.divide(r, diag, out=z)
+        rz_new = r @ z
+        if rz_new <= stop:
+            return x, it, True
+        p *= rz_new / rz
+        p += z
+        rz = rz_new
+    return x, max_iter, False
 
 
 def _paired_costs(code, Xs, Xt, C, rows, cols):
