@@ -240,3 +240,88 @@ def test_transform_checks_its_input(fitted):
         fitted.transform(np.full((2, 2), np.nan))
     with pytest.raises(ValueError, match="indices"):
         fitted.plan_rows([10_000])
+
+
+def exact_dual_newton(a, b, C, eps, steps=200):
+    """The exact entropic OT value by damped Newton on its dual over all pairs (dense,
+    least-squares solves: the dual is flat along (f + t, g - t)), from 200 Sinkhorn
+    iterations; a reference that stays accurate where Sinkhorn's slow mode (mass moving
+    between clusters) would take it 1e5 iterations."""
+    la, lb = np.log(a), np.log(b)
+    f, g = np.zeros(len(a)), np.zeros(len(b))
+    for _ in range(200):
+        f = -eps * logsumexp(lb[None, :] + (g[None, :] - C) / eps, axis=1)
+        g = -eps * logsumexp(la[:, None] + (f[:, None] - C) / eps, axis=0)
+
+    def dual(f, g):
+        log_p = la[:, None] + lb[None, :] + (f[:, None] + g[None, :] - C) / eps
+        with np.errstate(over="ignore"):  # a trial step too long: rejected
+            P = np.exp(log_p)
+        return a @ f + b @ g - eps * (P.sum() - 1.0), P
+
+    value, P = dual(f, g)
+    n = len(a)
+    for _ in range(steps):
+        grad = np.concatenate([a - P.sum(axis=1), b - P.sum(axis=0)])
+        H = np.block([[np.diag(P.sum(axis=1)), P], [P.T, np.diag(P.sum(axis=0))]])
+        d = eps * np.linalg.lstsq(H, grad, rcond=None)[0]
+        t = 1.0
+        while True:
+            trial, P_t = dual(f + t * d[:n], g + t * d[n:])
+            if trial >= value or t < 1e-12:
+                break
+            t *= 0.5
+        if not trial > value:
+            break
+        f, g, value, P = f + t * d[:n], g + t * d[n:], trial, P_t
+    return value
+
+
+@pytest.mark.parametrize("rel", [0.1, 0.01, 0.002])
+def test_a_fit_that_converged_is_within_tol_of_the_value(rel):
+    """The default tol at small temperatures, where the decrement of the half-steps is
+    hundreds of times below the gap (the old stop claimed convergence at 1e-3 relative
+    error with tol = 1e-5); rho = 1e-10 makes the relaxation's bias negligible."""
+    Xs, Xt, a, b = clouds(n=70, m=60, seed=7)
+    C = cdist(Xs, Xt, "sqeuclidean")
+    eps = rel * np.median(C)
+    exact = exact_dual_newton(a, b, C, eps)
+    for tol in (1e-5, 1e-7):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConvergenceWarning)
+            model = fit(Xs, Xt, a, b, epsilon=eps, rho=1e-10, tol=tol, max_iter=5000)
+        assert abs(model.value_ - exact) <= 10 * tol * abs(exact)
+
+
+def test_half_steps_alone_stop_honestly(monkeypatch):
+    """When the support is too large to store, the half-steps go on alone: their stop must
+    be as honest (here they stop at a tenth of the iterations Sinkhorn would need)."""
+    import sklearn_lse.transport as transport
+
+    monkeypatch.setattr(transport, "_SUPPORT_PAIRS", 0)
+    Xs, Xt, a, b = clouds(n=70, m=60, seed=8)
+    C = cdist(Xs, Xt, "sqeuclidean")
+    eps = 0.01 * np.median(C)
+    exact = exact_dual_newton(a, b, C, eps)
+    model = fit(Xs, Xt, a, b, epsilon=eps, rho=1e-10, tol=1e-6, max_iter=100_000)
+    assert abs(model.value_ - exact) <= 10 * 1e-6 * abs(exact)
+
+
+def test_separated_clusters_of_unequal_mass():
+    """Two clusters far apart with 70/30 of the mass at the source and 30/70 at the
+    target: 40% of the mass must cross, through pairs that carry none where the fit
+    starts (the Newton steps' support is cut in two and must be rebuilt)."""
+    rng = np.random.default_rng(9)
+    Xs = np.vstack([rng.normal(size=(35, 2)), rng.normal(size=(15, 2)) + [8.0, 0.0]])
+    Xt = np.vstack([rng.normal(size=(15, 2)), rng.normal(size=(35, 2)) + [8.0, 0.0]])
+    a, b = np.full(50, 0.02), np.full(50, 0.02)
+    C = cdist(Xs, Xt, "sqeuclidean")
+    eps = 0.005 * np.median(C)
+    exact = exact_dual_newton(a, b, C, eps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        model = fit(Xs, Xt, epsilon=eps, rho=1e-10)
+    assert model.value_ == pytest.approx(exact, rel=1e-6)
+    assert model.marginal_error_ < 1e-3
+    crossing = model.plan_rows(np.arange(35))[:, 15:].sum()
+    assert crossing == pytest.approx(0.4, abs=1e-3)
