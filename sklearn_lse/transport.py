@@ -235,7 +235,9 @@ def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, ve
     iterations that alternating half-steps (Sinkhorn's) need to converge. A step that gains
     less than a quarter of what the quadratic model predicts raises a damping (a multiple
     of the diagonal added to the system, Levenberg-Marquardt), one that gains most of it
-    lowers it; a step that loses is not taken. The steps stop, undamped, when the
+    lowers it; a step that loses is not taken. A step never lifts a pair's exponent by more
+    than a trust radius (20 temperatures at first, halved or doubled with the same
+    test). The steps stop, undamped, when the
     decrement ``grad^T H^-1 grad / 2``, the gap of the quadratic model, is below
     ``tol * max(|value|, eps)``.
     """
@@ -257,7 +259,7 @@ def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, ve
         return a @ f + b @ g - eps * soft, curv
 
     value, curv = state(f, g)
-    damping = 0.0
+    damping, radius = 0.0, 4.0 * _SUPPORT_MARGIN
     margin = _SUPPORT_MARGIN * eps
     for step in range(max_steps):
         grad = np.concatenate([a * (1.0 - row), b * (1.0 - col)])
@@ -281,29 +283,44 @@ def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, ve
             )
         if damping == 0.0 and solved and decrement <= tol * scale:
             return f, g, step, True
-        # a step that lifts the potentials so far that a dropped pair could rise above
-        # -(cut - margin) is compared on the pairs that carry mass at either end
-        ft, gt = f + eps * d[:n], g + eps * d[n:]
+        # the step's rise (how far it lifts a pair's exponent, in temperatures) is kept
+        # within a trust radius; a step that lifts the potentials so far that a dropped
+        # pair could rise above -(cut - margin) is judged on the pairs that carry mass at
+        # either end
+        df, dg = eps * d[:n], eps * d[n:]
+        rise = (np.max(df) + np.max(dg)) / eps
+        t = min(1.0, radius / rise) if rise > 0.0 else 1.0
+        ft, gt = f + t * df, g + t * dg
         rebuilt = np.max(ft - f0) + np.max(gt - g0) > margin
         if rebuilt:
             support = _support(code, Xs, Xt, C, eps, (f, g), (ft, gt))
             if support is None:
                 return f, g, step, False
             value, curv = state(f, g)
-        # the gain the quadratic model predicts for the damped step
-        predicted = decrement + 0.5 * eps * damping * ((d * diag) @ d)
+        # the gain the quadratic model predicts for the damped step of length t
+        predicted = eps * (t * gd - 0.5 * t * t * (gd - damping * ((d * diag) @ d)))
         trial, trial_curv = state(ft, gt)
         ratio = (trial - value) / predicted
+        if verbose:
+            print(
+                f"  step length={t:.3g}, gain/predicted={ratio:.3f}, rise={t * rise:.3g} "
+                f"temperatures, support rebuilt={rebuilt}"
+            )
         if predicted <= 1e-13 * scale:  # at the rounding of the value: try undamped
             damping = 0.0
         elif ratio < 0.25:
-            damping = max(4.0 * damping, 1e-3)
+            radius = max(0.25 * t * rise, 1e-3)
+            if t == 1.0:
+                damping = max(4.0 * damping, 1e-3)
         elif ratio > 0.75:
-            damping = damping / 4.0 if damping > 1e-6 else 0.0
+            if t < 1.0:
+                radius *= 2.0
+            else:
+                damping = damping / 4.0 if damping > 1e-6 else 0.0
         if trial >= value:
             f, g, value, curv = ft, gt, trial, trial_curv
         else:  # rejected: back to (f, g)
-            if damping > 1e12:
+            if damping > 1e12 or radius <= 1e-3:
                 return f, g, step + 1, False
             value, curv = state(f, g)
         if rebuilt:
