@@ -404,12 +404,13 @@ class EntropicTransport(TransformerMixin, BaseEstimator):
         callable ``metric(X_source, X_target)`` returning the cost matrix, is evaluated
         once into a matrix.
     tol : float, default=1e-7
-        Stop when the Newton decrement of the relaxed dual (an estimate of the gap
-        between its value and the optimum, sampling noise included) is below
-        ``tol * max(|value|, epsilon)``.
+        Stop when the estimated gap between the relaxed dual's value and its optimum is
+        below ``tol * max(|value|, epsilon)``: the Newton decrement of the final Newton
+        steps, or, when the pairs that carry mass are too many to store, the gap implied
+        by the half-steps' decrement and its rate of decrease.
     max_iter : int, default=1000
-        Maximum number of iterations (each one a half-step on each potential), over all
-        temperatures of the annealing.
+        Maximum number of iterations (each one a half-step on each potential, or a
+        Newton step), over all temperatures of the annealing.
     random_state : int, RandomState instance or None, default=None
         Seed of the sampling of pairs.
     verbose : int, default=0
@@ -427,7 +428,10 @@ class EntropicTransport(TransformerMixin, BaseEstimator):
         relaxed divergence of ``a b^T`` from itself), exactly over all pairs: the dual value
         is second-order accurate in the potentials. It exceeds the exact entropic value by
         about ``epsilon * rho / 2`` times the chi-square divergence of the plan from
-        ``a b^T`` (negligible at the default ``rho``). POT's ``ot.sinkhorn2`` reports
+        ``a b^T``: at the default ``rho``, 4e-6 to 4e-5 of the value on the benchmark's
+        1000-point clouds (epsilon = 0.1 and 0.01 x median cost, d = 2 and 10), where
+        ``rho=1e-8`` gives 5e-9 (d = 2, epsilon = 0.01 x median); lower ``rho`` when the
+        value is wanted to better than 1e-5. POT's ``ot.sinkhorn2`` reports
         ``transport_cost_`` instead.
     transport_cost_ : float
         Transport cost ``<P, C>`` of the fitted plan (what ``ot.sinkhorn2`` returns), exact
@@ -460,8 +464,9 @@ class EntropicTransport(TransformerMixin, BaseEstimator):
     each source point. ``f_i`` plays the role of the relaxation's threshold for the
     LogSumExp of row ``i``. The solver anneals the temperature from the median cost down
     to ``epsilon``, grows the number of pairs per point when the sampling noise dominates
-    the steps, and preconditions every step by the curvature of the previous one (see the
-    user guide). The final values are computed in one exact pass over all pairs, on the
+    the steps, and preconditions every step by the curvature of the previous one; at
+    ``epsilon`` it ends with damped Newton steps (conjugate gradients) on the pairs that
+    carry mass, when they fit in memory (see the user guide). The final values are computed in one exact pass over all pairs, on the
     fly, which costs about one Sinkhorn iteration.
 
     New points are mapped through the relaxed c-transform of the target potential (the
