@@ -466,8 +466,8 @@ class EntropicTransport(TransformerMixin, BaseEstimator):
     to ``epsilon``, grows the number of pairs per point when the sampling noise dominates
     the steps, and preconditions every step by the curvature of the previous one; at
     ``epsilon`` it ends with damped Newton steps (conjugate gradients) on the pairs that
-    carry mass, when they fit in memory (see the user guide). The final values are computed in one exact pass over all pairs, on the
-    fly, which costs about one Sinkhorn iteration.
+    carry mass, when they fit in memory (see the user guide). The final values are computed
+    in one exact pass over all pairs, on the fly, which costs about one Sinkhorn iteration.
 
     New points are mapped through the relaxed c-transform of the target potential (the
     semi-dual): ``f(x)`` solves ``sum_j b_j s_j(x) = 1``, and the image is
