@@ -99,10 +99,11 @@ def solve_relaxed_dual(code, Xs, Xt, C, a, b, *, eps, rho, tol, max_iter, rng, v
       with damped Newton steps on the pairs that carry mass
       (:func:`_newton_on_support`), which stop when the Newton decrement (the gap of
       the quadratic model) is below ``tol * max(|value|, eps)``;
-    * when those pairs are too many to store (large temperatures, large clouds), the
-      half-steps go on, and they stop when the gap they imply is below that bound: their
-      decrement ``delta_k`` shrinks by a factor ``q`` per iteration (measured over the last
-      iterations), so the gap is about ``delta_k / (1 - q)``. The decrement alone would
+    * when those pairs are too many to store (large temperatures, large clouds), or the
+      Newton steps stall, the half-steps go on, and they stop when the gap they imply is
+      below that bound: their decrement ``delta_k`` shrinks by a factor ``q`` per
+      iteration (measured over the last iterations), so the gap is about
+      ``delta_k / (1 - q)``. The decrement alone would
       claim convergence early: at small temperatures ``q`` is close to 1 (mass moving
       between clusters), and the gap hundreds of times the decrement.
     """
@@ -167,10 +168,16 @@ def solve_relaxed_dual(code, Xs, Xt, C, a, b, *, eps, rho, tol, max_iter, rng, v
                 result = _newton_on_support(
                     code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_iter - n_iter, verbose
                 )
+                newton = False
                 if result is not None:
                     f, g, steps, converged = result
-                    return f, g, n_iter + steps, converged
-                newton = False
+                    n_iter += steps
+                    if converged or n_iter >= max_iter:
+                        return f, g, n_iter, converged
+                    # the Newton steps stalled: the half-steps go on from where they ended
+                    decrements = []
+                    if verbose:
+                        print("Newton steps stalled: back to the half-steps")
             if stalled and 2 * K < max(n, m):
                 K *= 2
             if not final and (decrement <= tol * scale or it + 1 >= _STAGE_ITERATIONS):
