@@ -25,6 +25,8 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
@@ -273,23 +275,49 @@ def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, ve
         diag = np.concatenate([a * hrow, b * hcol])
         if not np.all(diag > 0.0):  # a row or column without curvature (underflow)
             return None if step == 0 else (f, g, step, False)
-        # the dual is flat along (f + t, g - t) on each connected part of the support: a
-        # ridge of 1e-12 keeps the system definite, and the damping (Levenberg-Marquardt)
-        # the steps short while a part is cut off from the mass it needs
-        d, cg_iter, solved = _conjugate_gradients(
-            support[0], support[1], curv, diag * (1.0 + 1e-12 + damping), grad, n
-        )
-        gd = grad @ d
-        decrement = 0.5 * eps * gd
+        # On each connected part of the support the dual is linear along v = (f + t,
+        # g - t), of slope the part's mass imbalance (its rows' weight less its columns'):
+        # the system is singular there. Its Newton step is solved for the gradient less
+        # that slope (conjugate gradients, a ridge of 1e-12 against rounding, the damping
+        # of Levenberg-Marquardt), and a part whose imbalance matters is shifted along v
+        # by the trust radius, towards the pairs that will carry its excess.
+        # pairs of negligible curvature (below 1e-6 of either end's) are left out of the
+        # Hessian: they would join parts by links too weak for the conjugate gradients;
+        # the parts they join are then separate, and their imbalance is accounted below
+        curv_h, strong, diag_h = _strong_pairs(support[0], support[1], curv, diag)
+        count, label_f, label_g = _connected_parts(support[0], support[1], strong, m)
+        slope = np.bincount(label_f, grad[:n], count) - np.bincount(label_g, grad[n:], count)
+        weight = np.bincount(label_f, diag_h[:n], count) + np.bincount(label_g, diag_h[n:], count)
+        beta = slope / weight
+        rhs = grad - diag_h * np.concatenate([beta[label_f], -beta[label_g]])
         scale = max(abs(a @ f + b @ g), eps)
+        x, cg_iter, settled = _conjugate_gradients(
+            support[0],
+            support[1],
+            curv_h,
+            diag_h * (1.0 + 1e-12 + damping),
+            rhs,
+            n,
+            negligible=1e-3 * tol * scale / (0.5 * eps),
+        )
+        rx = rhs @ x
+        decrement = 0.5 * eps * rx
+        # the gain a part's imbalance still offers: its slope over the distance to the
+        # pairs that would carry it, taken as 100 temperatures
+        imbalance = 100.0 * eps * np.abs(slope).sum()
         if verbose:
             print(
-                f"Newton step {step + 1}: pairs kept={support[1].shape[0]}, damping="
-                f"{damping:.1e}, conjugate gradients={cg_iter}, "
-                f"decrement/value={decrement / scale:.2e}, {time.perf_counter() - start:.2f} s"
+                f"Newton step {step + 1}: pairs kept={support[1].shape[0]}, parts={count}, "
+                f"damping={damping:.1e}, conjugate gradients={cg_iter}, "
+                f"decrement/value={decrement / scale:.2e}, "
+                f"imbalance/value={imbalance / scale:.2e}, {time.perf_counter() - start:.2f} s"
             )
-        if damping == 0.0 and solved and decrement <= tol * scale:
+        if damping == 0.0 and settled and decrement + imbalance <= tol * scale:
             return f, g, step, True
+        shift = np.where(100.0 * eps * np.abs(slope) > 0.1 * tol * scale, np.sign(slope), 0.0)
+        shift *= radius
+        d = x + np.concatenate([shift[label_f], -shift[label_g]])
+        gd = grad @ d
         # the step's rise (how far it lifts a pair's exponent, in temperatures) is kept
         # within a trust radius; a step that lifts the potentials so far that a dropped
         # pair could rise above -(cut - margin) is judged on the pairs that carry mass at
@@ -304,8 +332,9 @@ def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, ve
             if support is None:
                 return f, g, step, False
             value, curv = state(f, g)
-        # the gain the quadratic model predicts for the damped step of length t
-        predicted = eps * (t * gd - 0.5 * t * t * (gd - damping * ((d * diag) @ d)))
+        # the gain the quadratic model predicts for the damped step of length t (the
+        # shifts are along the null directions: no curvature)
+        predicted = eps * (t * gd - 0.5 * t * t * (rx - damping * ((x * diag_h) @ x)))
         trial, trial_curv = state(ft, gt)
         ratio = (trial - value) / predicted
         if verbose:
@@ -313,7 +342,10 @@ def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, ve
                 f"  step length={t:.3g}, gain/predicted={ratio:.3f}, rise={t * rise:.3g} "
                 f"temperatures, support rebuilt={rebuilt}"
             )
-        if predicted <= 1e-13 * scale:  # at the rounding of the value: try undamped
+        if predicted <= 1e-13 * scale:  # at the rounding of the value
+            if trial < value:
+                converged = damping == 0.0 and decrement + imbalance <= tol * scale
+                return f, g, step + 1, converged
             damping = 0.0
         elif ratio < 0.25:
             radius = max(0.25 * t * rise, 1e-3)
@@ -335,11 +367,56 @@ def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, ve
     return f, g, max_steps, False
 
 
-def _conjugate_gradients(indptr, idx, curv, diag, rhs, n, rtol=1e-6, max_iter=2000):
+def _strong_pairs(indptr, idx, curv, diag, floor=1e-6):
+    """``(curv_h, strong, diag_h)``: the pairs' curvatures with those below ``floor``
+    times both ends' curvature set to 0, the mask of the others, and the diagonal less the
+    curvatures set to 0."""
+    n = indptr.shape[0] - 1
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    strong = curv > floor * np.minimum(diag[:n][rows], diag[n:][idx])
+    weak = np.where(strong, 0.0, curv)
+    diag_h = diag - np.concatenate(
+        [np.bincount(rows, weak, n), np.bincount(idx, weak, diag.shape[0] - n)]
+    )
+    return curv - weak, strong, diag_h
+
+
+def _connected_parts(indptr, idx, strong, m):
+    """``(count, label_f, label_g)``: the connected parts of the bipartite graph of rows
+    and columns joined by the ``strong`` pairs of the support, a label per row and per
+    column."""
+    n = indptr.shape[0] - 1
+    counts = np.add.reduceat(strong, indptr[:-1]) if idx.shape[0] else np.zeros(n, np.int64)
+    counts[np.diff(indptr) == 0] = 0
+    kept = int(counts.sum())
+    graph = csr_matrix(
+        (
+            np.ones(kept, np.int8),
+            idx[strong] + np.int32(n),
+            np.concatenate([[0], np.cumsum(counts), np.full(m, kept)]),
+        ),
+        shape=(n + m, n + m),
+    )
+    count, labels = connected_components(graph, directed=True, connection="weak")
+    return count, labels[:n], labels[n:]
+
+
+def _conjugate_gradients(
+    indptr, idx, curv, diag, rhs, n, rtol=1e-6, negligible=0.0, max_iter=2000
+):
     """Solve ``(diag + [[0, P], [P^T, 0]]) x = rhs`` (``P`` the pairs' curvatures on the
-    support, ``n`` rows) by conjugate gradients preconditioned by ``diag``, to a relative
-    preconditioned residual of ``rtol``; returns ``(x, iterations, solved)``. The decrement
-    ``rhs^T x`` then has a relative error of about ``rtol^2`` times the condition number."""
+    support, ``n`` rows) by conjugate gradients preconditioned by ``diag``; returns ``(x,
+    iterations, settled)``.
+
+    They stop at a relative preconditioned residual of ``rtol`` (the decrement ``rhs^T x``
+    then has a relative error of about ``rtol^2`` times the condition number), or once the
+    decrement, which grows monotonically to its limit (``rhs^T x_k`` increases by
+    ``alpha_k r_k^T z_k`` per iteration), rose by less than 1e-3 of itself (or than
+    ``negligible``) over the last half of at least 50 iterations: on the ill-conditioned
+    systems of concentrated plans
+    (parts of the support joined by weak pairs) the residual falls slowly along modes
+    that no longer move the decrement. ``settled`` is False when neither happened.
+    """
     x = np.zeros_like(rhs)
     r = rhs.copy()
     z = r / diag
@@ -347,15 +424,20 @@ def _conjugate_gradients(indptr, idx, curv, diag, rhs, n, rtol=1e-6, max_iter=20
     rz = r @ z
     stop = rtol * rtol * rz
     out = np.empty_like(rhs)
+    decrements = [0.0]
     for it in range(1, max_iter + 1):
         kern.support_product(indptr, idx, curv, p[:n], p[n:], out[:n], out[n:])
         out += diag * p
         alpha = rz / (p @ out)
         x += alpha * p
         r -= alpha * out
+        decrements.append(decrements[-1] + alpha * rz)
         np.divide(r, diag, out=z)
         rz_new = r @ z
         if rz_new <= stop:
+            return x, it, True
+        rise = decrements[-1] - decrements[it // 2]
+        if it >= 50 and rise <= max(1e-3 * decrements[-1], negligible):
             return x, it, True
         p *= rz_new / rz
         p += z
