@@ -325,3 +325,23 @@ def test_separated_clusters_of_unequal_mass():
     assert model.marginal_error_ < 1e-3
     crossing = model.plan_rows(np.arange(35))[:, 15:].sum()
     assert crossing == pytest.approx(0.4, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_concentrated_plan_in_ten_dimensions_is_certified():
+    """d = 10, eps = 0.001 x median: a few pairs per point, a support in many weakly joined
+    parts (the conjugate gradients' residual stalls along modes that no longer move the
+    decrement); the default fit must still stop, converged and within 10 x tol."""
+    rng = np.random.default_rng(11)
+    centres = np.zeros((3, 10))
+    centres[1, 0] = centres[2, 1] = 3.0
+    Xs = centres[rng.integers(0, 3, 200)] + 0.7 * rng.normal(size=(200, 10))
+    Xt = 1.2 * (centres[rng.integers(0, 3, 200)] + 0.7 * rng.normal(size=(200, 10))) + 1.0
+    a = b = np.full(200, 1 / 200)
+    C = cdist(Xs, Xt, "sqeuclidean")
+    eps = 0.001 * np.median(C)
+    exact = exact_dual_newton(a, b, C, eps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        model = fit(Xs, Xt, epsilon=eps, rho=1e-10)
+    assert abs(model.value_ - exact) <= 10 * 1e-7 * abs(exact)
