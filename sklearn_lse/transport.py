@@ -95,8 +95,8 @@ def solve_relaxed_dual(code, Xs, Xt, C, a, b, *, eps, rho, tol, max_iter, rng, v
     * ``K`` starts at 16 and doubles whenever the sampling variance of the steps exceeds
       a quarter of their squared size (a norm test of adaptive sample sizes: at the noise
       floor, the iterate carries the previous step's noise and the squared steps are
-      twice the variance); once ``K`` reaches half
-      of the other side's size, the steps use exact row masses (no noise);
+      twice the variance); once ``K`` reaches half of the other side's size, the steps
+      use exact row masses (no noise);
     * at ``eps``, once the steps are exact or stall at their noise floor, the fit ends
       with damped Newton steps on the pairs that carry mass
       (:func:`_newton_on_support`), which stop when the Newton decrement (the gap of
@@ -105,9 +105,9 @@ def solve_relaxed_dual(code, Xs, Xt, C, a, b, *, eps, rho, tol, max_iter, rng, v
       Newton steps stall, the half-steps go on, and they stop when the gap they imply is
       below that bound: their decrement ``delta_k`` shrinks by a factor ``q`` per
       iteration (measured over the last iterations), so the gap is about
-      ``delta_k / (1 - q)``. The decrement alone would
-      claim convergence early: at small temperatures ``q`` is close to 1 (mass moving
-      between clusters), and the gap hundreds of times the decrement.
+      ``delta_k / (1 - q)``. The decrement alone would claim convergence early: at small
+      temperatures ``q`` is close to 1 (mass moving between clusters), and the gap
+      hundreds of times the decrement.
     """
     n, m = a.shape[0], b.shape[0]
     draw_t, draw_s = _sampler(b, rng), _sampler(a, rng)
@@ -125,7 +125,7 @@ def solve_relaxed_dual(code, Xs, Xt, C, a, b, *, eps, rho, tol, max_iter, rng, v
 
     kern.sampled_c_transform(code, Xs, Xt, C, False, g, draw_t((blocks(n), K)), temps[0], f)
     n_iter, start = 0, time.perf_counter()
-    newton = True  # until the support turns out too large to store
+    newton = True  # until the Newton steps have been tried
     for e in temps:
         final = e == eps
         decrements = []
@@ -237,18 +237,25 @@ def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, ve
     whenever a step would lift the potentials so far (``max_i df_i + max_j dg_j >
     _SUPPORT_MARGIN * eps`` since it was built) that a dropped pair could weigh more than
     ``exp(_SUPPORT_MARGIN - _SUPPORT_CUT)``: then on the pairs that carry mass at either
-    end of the step, and the step is judged there. The Newton
-    system (minus the dual's Hessian: diagonal row and column curvatures, the pairs'
-    curvatures off the diagonal, a graph Laplacian of the support) is solved by conjugate
-    gradients preconditioned by its diagonal: they take about the square root of the
-    iterations that alternating half-steps (Sinkhorn's) need to converge. A step that gains
-    less than a quarter of what the quadratic model predicts raises a damping (a multiple
-    of the diagonal added to the system, Levenberg-Marquardt), one that gains most of it
-    lowers it; a step that loses is not taken. A step never lifts a pair's exponent by more
-    than a trust radius (20 temperatures at first, halved or doubled with the same
-    test). The steps stop, undamped, when the
-    decrement ``grad^T H^-1 grad / 2``, the gap of the quadratic model, is below
-    ``tol * max(|value|, eps)``.
+    end of the step, and the step is judged there.
+
+    The Newton system (minus the dual's Hessian: diagonal row and column curvatures, the
+    pairs' curvatures off the diagonal, a graph Laplacian of the support) is solved by
+    conjugate gradients preconditioned by its diagonal: they take about the square root of
+    the iterations that alternating half-steps (Sinkhorn's) need to converge. Pairs of
+    curvature below 1e-6 of both their ends' are left out of it. On each connected part of
+    what remains, the dual is linear along ``(f + t, g - t)``, of slope the part's mass
+    imbalance: the system is solved for the gradient less those slopes, a part whose
+    imbalance matters is shifted along its direction by the trust radius, and the gain the
+    imbalances still offer (100 temperatures times their sum) counts in the stop.
+
+    A step that gains less than a quarter of what the quadratic model predicts raises a
+    damping (a multiple of the diagonal added to the system, Levenberg-Marquardt), one
+    that gains most of it lowers it; a step that loses is not taken. A step never lifts a
+    pair's exponent by more than a trust radius (20 temperatures at first, shrunk or
+    doubled by the same test). The steps stop, undamped, when the decrement
+    ``grad^T H^-1 grad / 2`` (the gap of the quadratic model) plus the imbalances' gain is
+    below ``tol * max(|value|, eps)``.
     """
     n, m = a.shape[0], b.shape[0]
     support = _support(code, Xs, Xt, C, eps, (f, g))
@@ -275,15 +282,14 @@ def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, ve
         diag = np.concatenate([a * hrow, b * hcol])
         if not np.all(diag > 0.0):  # a row or column without curvature (underflow)
             return None if step == 0 else (f, g, step, False)
-        # On each connected part of the support the dual is linear along v = (f + t,
-        # g - t), of slope the part's mass imbalance (its rows' weight less its columns'):
-        # the system is singular there. Its Newton step is solved for the gradient less
-        # that slope (conjugate gradients, a ridge of 1e-12 against rounding, the damping
-        # of Levenberg-Marquardt), and a part whose imbalance matters is shifted along v
-        # by the trust radius, towards the pairs that will carry its excess.
-        # pairs of negligible curvature (below 1e-6 of either end's) are left out of the
-        # Hessian: they would join parts by links too weak for the conjugate gradients;
-        # the parts they join are then separate, and their imbalance is accounted below
+        # Pairs of negligible curvature are left out of the Hessian: they would join parts
+        # by links too weak for the conjugate gradients. On each connected part of the
+        # rest the dual is linear along v = (f + t, g - t), of slope the part's mass
+        # imbalance (its rows' weight less its columns'): the system is singular there.
+        # The step is solved for the gradient less that slope (conjugate gradients, a
+        # ridge of 1e-12 against rounding, the damping of Levenberg-Marquardt), and a part
+        # whose imbalance matters is shifted along v by the trust radius, towards the
+        # pairs that will carry its excess.
         curv_h, strong, diag_h = _strong_pairs(support[0], support[1], curv, diag)
         count, label_f, label_g = _connected_parts(support[0], support[1], strong, m)
         slope = np.bincount(label_f, grad[:n], count) - np.bincount(label_g, grad[n:], count)
@@ -386,14 +392,13 @@ def _connected_parts(indptr, idx, strong, m):
     and columns joined by the ``strong`` pairs of the support, a label per row and per
     column."""
     n = indptr.shape[0] - 1
-    counts = np.add.reduceat(strong, indptr[:-1]) if idx.shape[0] else np.zeros(n, np.int64)
-    counts[np.diff(indptr) == 0] = 0
-    kept = int(counts.sum())
+    before = np.concatenate([[0], np.cumsum(strong)])  # strong pairs before each pair
+    kept = int(before[-1])
     graph = csr_matrix(
         (
             np.ones(kept, np.int8),
             idx[strong] + np.int32(n),
-            np.concatenate([[0], np.cumsum(counts), np.full(m, kept)]),
+            np.concatenate([before[indptr], np.full(m, kept)]),
         ),
         shape=(n + m, n + m),
     )
@@ -413,9 +418,9 @@ def _conjugate_gradients(
     decrement, which grows monotonically to its limit (``rhs^T x_k`` increases by
     ``alpha_k r_k^T z_k`` per iteration), rose by less than 1e-3 of itself (or than
     ``negligible``) over the last half of at least 50 iterations: on the ill-conditioned
-    systems of concentrated plans
-    (parts of the support joined by weak pairs) the residual falls slowly along modes
-    that no longer move the decrement. ``settled`` is False when neither happened.
+    systems of concentrated plans (parts of the support joined by weak pairs) the residual
+    falls slowly along modes that no longer move the decrement. ``settled`` is False when
+    neither happened.
     """
     x = np.zeros_like(rhs)
     r = rhs.copy()
