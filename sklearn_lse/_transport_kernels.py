@@ -323,8 +323,8 @@ def support_tops(code, X, Y, C, f, g, eps, row_top, col_top):
 def _kept(c, i, j, f, g, row_top, col_top, inv, cut):
     """Whether the pair (i, j) of cost ``c`` is in the support at the potentials (f, g):
     its exponent above ``-cut``, or within ``cut`` of the largest exponent of its row or
-    of its column."""
-    return (f[i] + g[j] - c) * inv > min(0.0, max(row_top[i], col_top[j])) - cut
+    of its column (so that a row's or a column's largest pair is always kept)."""
+    return (f[i] + g[j] - c) * inv > min(0.0, row_top[i], col_top[j]) - cut
 
 
 @njit(**_NJIT)
