@@ -14,7 +14,8 @@ its curvature in ``f_i`` is ``a_i / eps`` times ``sum_j b_j s_ij (1 - rho s_ij) 
 
 The costs are computed on the fly from the points for the metric codes below (no n x m
 matrix), or read from a precomputed matrix (``PRECOMPUTED``). The overflow-free sigmoid is
-a copy of that of :mod:`sklearn_lse.risk` (and :func:`evaluate` inlines the softplus): a
+a copy of that of :mod:`sklearn_lse.risk` (and :func:`sigmoid_softplus` computes both from one
+exponential for :func:`evaluate` and :func:`support_state`): a
 cached kernel must only call jitted functions of its own file (Numba's cache does not
 notice edits to other files).
 """
@@ -43,6 +44,13 @@ def sigmoid(x):
         return 1.0 / (1.0 + math.exp(-x))
     e = math.exp(x)
     return e / (1.0 + e)
+
+
+@njit(inline="always", **_NJIT)
+def sigmoid_softplus(z):
+    """``(sigmoid(z), softplus(z))`` from one exponential, without overflow."""
+    e = math.exp(-abs(z))
+    return (1.0 / (1.0 + e) if z >= 0.0 else e / (1.0 + e)), max(z, 0.0) + math.log1p(e)
 
 
 @njit(inline="always", **_NJIT)
@@ -255,14 +263,11 @@ def evaluate(code, X, Y, C, a, b, f, g, eps, rho, row, col):
         fi = f[i] * inv + log_rho
         for j in range(Y.shape[0]):
             c = pair_cost(code, X, i, Y, j, C, False)
-            z = fi + (g[j] - c) * inv
-            # sigmoid and softplus from one exponential, without overflow
-            e = math.exp(-abs(z))
-            sig = 1.0 / (1.0 + e) if z >= 0.0 else e / (1.0 + e)
+            sig, sp = sigmoid_softplus(fi + (g[j] - c) * inv)
             bs = b[j] * sig / rho
             r += bs
             rc += bs * c
-            rs += b[j] * (max(z, 0.0) + math.log1p(e)) / rho
+            rs += b[j] * sp / rho
             s = sig / rho
             col[j] += a[i] * s
         row[i] = r
@@ -382,14 +387,12 @@ def support_state(indptr, idx, cost, a, b, f, g, eps, rho, curv, row, col, hrow,
         rs = 0.0
         for k in range(indptr[i], indptr[i + 1]):
             j = idx[k]
-            z = fi + (g[j] - cost[k]) * inv
-            e = math.exp(-abs(z))
-            sig = 1.0 / (1.0 + e) if z >= 0.0 else e / (1.0 + e)
+            sig, sp = sigmoid_softplus(fi + (g[j] - cost[k]) * inv)
             s = sig / rho
             c = s * (1.0 - sig)
             r += b[j] * s
             h += b[j] * c
-            rs += b[j] * (max(z, 0.0) + math.log1p(e))
+            rs += b[j] * sp
             col[j] += a[i] * s
             hcol[j] += a[i] * c
             curv[k] = a[i] * b[j] * c

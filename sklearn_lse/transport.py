@@ -47,7 +47,7 @@ __all__ = ["EntropicTransport"]
 _FIRST_DRAWS = 16  # samples per row of the first iteration
 _STAGE_ITERATIONS = 3  # iterations per intermediate temperature of the annealing
 # Newton steps: pairs whose exponent exceeds -_SUPPORT_CUT are kept, at most _SUPPORT_PAIRS
-# of them (20 bytes each); rebuilt once the potentials rose by _SUPPORT_MARGIN temperatures
+# of them (24 bytes each); rebuilt once the potentials rose by _SUPPORT_MARGIN temperatures
 _SUPPORT_CUT = 25.0
 _SUPPORT_MARGIN = 5.0
 _SUPPORT_PAIRS = 2**25
@@ -203,7 +203,7 @@ def _implied_gap(decrements, window=10):
 
 def _support(code, Xs, Xt, C, eps, *points):
     """The pairs that carry mass at any of the ``points`` (potentials ``(f, g)``), by rows
-    (CSR: ``indptr``, target indices, costs), or None when they are more than
+    (CSR: ``indptr``, target indices, costs, and each pair's row), or None when they are more than
     ``_SUPPORT_PAIRS``: those whose exponent exceeds ``-_SUPPORT_CUT``, and in a row or a
     column far below its mass, those within ``_SUPPORT_CUT`` of its largest exponent (so
     that no row or column is empty)."""
@@ -224,7 +224,8 @@ def _support(code, Xs, Xt, C, eps, *points):
     np.cumsum(counts, out=indptr[1:])
     idx, cost = np.empty(nnz, np.int32), np.empty(nnz)
     kern.support_fill(*args, indptr, idx, cost)
-    return indptr, idx, cost
+    rows = np.repeat(np.arange(n, dtype=np.int32), counts)
+    return indptr, idx, cost, rows
 
 
 def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, verbose=0):
@@ -267,7 +268,7 @@ def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, ve
     start = time.perf_counter()
 
     def state(f, g):
-        indptr, idx, cost = support
+        indptr, idx, cost, _ = support
         curv = np.empty(idx.shape[0])
         soft = kern.support_state(
             indptr, idx, cost, a, b, f, g, eps, rho, curv, row, col, hrow, hcol
@@ -290,7 +291,7 @@ def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, ve
         # ridge of 1e-12 against rounding, the damping of Levenberg-Marquardt), and a part
         # whose imbalance matters is shifted along v by the trust radius, towards the
         # pairs that will carry its excess.
-        curv_h, strong, diag_h = _strong_pairs(support[0], support[1], curv, diag)
+        curv_h, strong, diag_h = _strong_pairs(support, curv, diag)
         count, label_f, label_g = _connected_parts(support[0], support[1], strong, m)
         slope = np.bincount(label_f, grad[:n], count) - np.bincount(label_g, grad[n:], count)
         weight = np.bincount(label_f, diag_h[:n], count) + np.bincount(label_g, diag_h[n:], count)
@@ -373,12 +374,12 @@ def _newton_on_support(code, Xs, Xt, C, a, b, f, g, eps, rho, tol, max_steps, ve
     return f, g, max_steps, False
 
 
-def _strong_pairs(indptr, idx, curv, diag, floor=1e-6):
+def _strong_pairs(support, curv, diag, floor=1e-6):
     """``(curv_h, strong, diag_h)``: the pairs' curvatures with those below ``floor``
     times both ends' curvature set to 0, the mask of the others, and the diagonal less the
     curvatures set to 0."""
+    indptr, idx, _, rows = support
     n = indptr.shape[0] - 1
-    rows = np.repeat(np.arange(n), np.diff(indptr))
     strong = curv > floor * np.minimum(diag[:n][rows], diag[n:][idx])
     weak = np.where(strong, 0.0, curv)
     diag_h = diag - np.concatenate(

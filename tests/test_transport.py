@@ -277,19 +277,26 @@ def exact_dual_newton(a, b, C, eps, steps=200):
     return value
 
 
+def fit_against_exact(Xs, Xt, a, b, rel, **params):
+    """The fit at ``eps = rel x median cost`` (a ConvergenceWarning fails the test), and
+    the exact value of :func:`exact_dual_newton`."""
+    C = cdist(Xs, Xt, "sqeuclidean")
+    eps = rel * np.median(C)
+    exact = exact_dual_newton(a, b, C, eps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        model = fit(Xs, Xt, a, b, epsilon=eps, **params)
+    return model, exact
+
+
 @pytest.mark.parametrize("rel", [0.1, 0.01, 0.002])
 def test_a_fit_that_converged_is_within_tol_of_the_value(rel):
     """The default tol at small temperatures, where the decrement of the half-steps is
     hundreds of times below the gap (the old stop claimed convergence at 1e-3 relative
     error with tol = 1e-5); rho = 1e-10 makes the relaxation's bias negligible."""
     Xs, Xt, a, b = clouds(n=70, m=60, seed=7)
-    C = cdist(Xs, Xt, "sqeuclidean")
-    eps = rel * np.median(C)
-    exact = exact_dual_newton(a, b, C, eps)
     for tol in (1e-5, 1e-7):
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", ConvergenceWarning)
-            model = fit(Xs, Xt, a, b, epsilon=eps, rho=1e-10, tol=tol, max_iter=5000)
+        model, exact = fit_against_exact(Xs, Xt, a, b, rel, rho=1e-10, tol=tol, max_iter=5000)
         assert abs(model.value_ - exact) <= 10 * tol * abs(exact)
 
 
@@ -315,12 +322,7 @@ def test_separated_clusters_of_unequal_mass():
     Xs = np.vstack([rng.normal(size=(35, 2)), rng.normal(size=(15, 2)) + [8.0, 0.0]])
     Xt = np.vstack([rng.normal(size=(15, 2)), rng.normal(size=(35, 2)) + [8.0, 0.0]])
     a, b = np.full(50, 0.02), np.full(50, 0.02)
-    C = cdist(Xs, Xt, "sqeuclidean")
-    eps = 0.005 * np.median(C)
-    exact = exact_dual_newton(a, b, C, eps)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ConvergenceWarning)
-        model = fit(Xs, Xt, epsilon=eps, rho=1e-10)
+    model, exact = fit_against_exact(Xs, Xt, a, b, 0.005, rho=1e-10)
     assert model.value_ == pytest.approx(exact, rel=1e-6)
     assert model.marginal_error_ < 1e-3
     crossing = model.plan_rows(np.arange(35))[:, 15:].sum()
@@ -332,16 +334,9 @@ def test_concentrated_plan_in_ten_dimensions_is_certified():
     """d = 10, eps = 0.001 x median: a few pairs per point, a support in many weakly joined
     parts (the conjugate gradients' residual stalls along modes that no longer move the
     decrement); the default fit must still stop, converged and within 10 x tol."""
-    rng = np.random.default_rng(11)
-    centres = np.zeros((3, 10))
-    centres[1, 0] = centres[2, 1] = 3.0
-    Xs = centres[rng.integers(0, 3, 200)] + 0.7 * rng.normal(size=(200, 10))
-    Xt = 1.2 * (centres[rng.integers(0, 3, 200)] + 0.7 * rng.normal(size=(200, 10))) + 1.0
+    from benchmarks.bench_transport import mixtures
+
+    Xs, Xt = mixtures(200, 10, seed=11)
     a = b = np.full(200, 1 / 200)
-    C = cdist(Xs, Xt, "sqeuclidean")
-    eps = 0.001 * np.median(C)
-    exact = exact_dual_newton(a, b, C, eps)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ConvergenceWarning)
-        model = fit(Xs, Xt, epsilon=eps, rho=1e-10)
+    model, exact = fit_against_exact(Xs, Xt, a, b, 0.001, rho=1e-10)
     assert abs(model.value_ - exact) <= 10 * 1e-7 * abs(exact)
