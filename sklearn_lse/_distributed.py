@@ -42,15 +42,11 @@ from ._kernels import (
     relaxed_divergence,
     relaxed_value,
 )
-from ._newton import superlinear
+from ._newton import _STAGE_FACTOR, _STAGE_TOL, next_stage, superlinear
 from ._problem import to_model, to_standard
 from ._result import Log
 from ._stream import solve
 
-# continuation in lam: divided by this per stage, each intermediate stage solved to a
-# Newton decrement of _STAGE_TOL lam (as in sklearn_lse._newton)
-_STAGE_FACTOR = 10.0
-_STAGE_TOL = 0.25
 _MAX_HALVINGS = 30
 
 
@@ -824,10 +820,9 @@ def fit_distributed(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_g
             log.record(pt["value"], lam=lam, step=t, decrement=decrement / scale)
         if final or n_iter >= max_iter:
             break
-        # a stage that took a step or two was an easy one: the next can be further away
-        # (as in sklearn_lse._newton); the next stage's point has the same losses
-        factor = min(factor * 3, _STAGE_FACTOR**2) if n_iter - stage_start <= 2 else _STAGE_FACTOR
-        lam = max(lam / factor, lam_target)
+        # the next stage's point has the same losses
+        ratio = decrement / (_STAGE_TOL * lam)
+        lam, factor = next_stage(lam, lam_target, factor, n_iter - stage_start, ratio)
         pt = prob.point(pt["w"], pt["b"], lam, pt["eta"], losses=pt["losses"],
                         spread=pt["range"])  # fmt: skip
     if not final:

@@ -42,6 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._kernels import curvature_matrix, pointwise_losses, relaxation_terms, relaxed_value
+from ._newton import _STAGE_FACTOR, _STAGE_TOL
 from ._problem import matmul, rows64
 
 # a block that multiplies the model of the stream's objective by more than this is
@@ -54,8 +55,6 @@ _MAX_HALVINGS = 30
 # takes over; the relative decrement at which the stream's model is solved
 _FIRST_ITER = 100
 _BLOCK_ITER = 5
-_STAGE_FACTOR = 10.0
-_STAGE_TOL = 0.25
 _TOL = 1e-10
 # kept rows: those of the largest losses, as many as the capacity, which is _ACTIVE_FACTOR
 # times the rows that carry the worst case at the cap 1 / rho (rho n of the n rows seen),
