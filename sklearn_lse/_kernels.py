@@ -478,20 +478,49 @@ def multinomial_loss(f, y, grad):
     return max(top + math.log(total) - f[y], 0.0)
 
 
+@njit(inline="always", **_NJIT)
+def multinomial_row(pred, step, t, i, label):
+    """:func:`multinomial_loss` of row ``i`` of the scores ``pred + t * step`` (n, K), the
+    loss alone (the line searches'), indexed in place: no view of the row, nor of a copy
+    of it (twice as fast as calling :func:`multinomial_loss` on one)."""
+    K = pred.shape[1]
+    top = -np.inf
+    for k in range(K):
+        top = max(top, pred[i, k] + t * step[i, k])
+    total = 0.0
+    for k in range(K):
+        total += math.exp(pred[i, k] + t * step[i, k] - top)
+    return max(top + math.log(total) - (pred[i, label] + t * step[i, label]), 0.0)
+
+
 @njit(**_NJIT)
 def pointwise_losses(code, pred, y, eps, loss, grad, hess):
     """Fill the per-sample losses and their derivatives for the predictions ``pred`` of
     shape (n, K). ``grad`` (n, K) gets the gradient in the prediction; ``hess`` (n, K) the
     second derivative for the one-output losses, and the class probabilities ``s`` for
     ``MULTINOMIAL`` (whose Hessian is ``diag(s) - s s^T``)."""
-    for i in range(pred.shape[0]):
-        if code == MULTINOMIAL:
+    if code == MULTINOMIAL:
+        # multinomial_loss, on the rows in place (no views of them: twice as fast for 5
+        # classes), in a loop of its own
+        K = pred.shape[1]
+        for i in range(pred.shape[0]):
+            top = pred[i, 0]
+            for k in range(1, K):
+                top = max(top, pred[i, k])
+            total = 0.0
+            for k in range(K):
+                hess[i, k] = math.exp(pred[i, k] - top)
+                total += hess[i, k]
+            inv = 1.0 / total
+            for k in range(K):
+                hess[i, k] *= inv
+                grad[i, k] = hess[i, k]
             label = int(y[i])
-            loss[i] = multinomial_loss(pred[i], label, grad[i])
-            hess[i, :] = grad[i, :]
-            hess[i, label] += 1.0
-        else:
-            loss[i], grad[i, 0], hess[i, 0] = loss_and_derivatives(code, pred[i, 0], y[i], eps)
+            grad[i, label] -= 1.0
+            loss[i] = max(top + math.log(total) - pred[i, label], 0.0)
+        return
+    for i in range(pred.shape[0]):
+        loss[i], grad[i, 0], hess[i, 0] = loss_and_derivatives(code, pred[i, 0], y[i], eps)
 
 
 @njit(**_NJIT)
@@ -546,16 +575,11 @@ def curvature_terms(code, p, c, k, dl, ddl, a, e, pk):
 def step_losses(code, pred, step, t, y, eps, loss):
     """Losses of the predictions ``pred + t * step`` (both (n, K)), for line searches along
     a direction whose change of the predictions ``step`` was computed once."""
-    K = pred.shape[1]
-    f = np.empty(K)
-    grad = np.empty(K)
     for i in range(pred.shape[0]):
-        for j in range(K):
-            f[j] = pred[i, j] + t * step[i, j]
         if code == MULTINOMIAL:
-            loss[i] = multinomial_loss(f, int(y[i]), grad)
+            loss[i] = multinomial_row(pred, step, t, i, int(y[i]))
         else:
-            loss[i] = loss_value(code, f[0], y[i], eps)
+            loss[i] = loss_value(code, pred[i, 0] + t * step[i, 0], y[i], eps)
 
 
 @njit(**_NJIT)
