@@ -751,8 +751,13 @@ def _newton_iterations(
         # relative to the current objective (it falls by orders of magnitude on the way)
         scale = max(abs(rows.value), floor)
         # the exact Hessian once the final stage is near its end (quadratic convergence and
-        # the certificate need it), a sketch of it before
-        exact = final and previous is not None and previous[0] <= 1e2 * tol * scale
+        # the certificate need it), a sketch of it before. With several outputs it costs
+        # as much as the certificate (K (K - 1) / 2 products with the rows, against one):
+        # the sketch's steps, whose convergence is fast but not verified quadratic, go on
+        # to the certificate
+        exact = (
+            final and K == 1 and previous is not None and previous[0] <= 1e2 * tol * scale
+        )
         model = _Model(*_system(prob, rows, exact=exact))
         decrement = model.decrement
         if decrement <= max(tol * scale, stage_tol):
