@@ -6,8 +6,9 @@ piecewise linear (close to the CVaR of the largest losses):
 
 * **Continuation in lam** (path following, the role of the barrier parameter of interior
   point methods): from a temperature at which the starting point is nearly optimal (the
-  spread of its losses), lam is divided by 10 per stage, each stage solved loosely from
-  the previous one's solution, the last one to ``tol``. The stages' solutions lie on a
+  spread of its losses), lam is divided by 10 per stage (further after easy stages:
+  :func:`next_stage`), each stage solved loosely from the previous one's solution, the
+  last one to ``tol``. The stages' solutions lie on a
   smooth path, and each stays within the region where Newton's steps are full.
 * **Working sets of rows.** A sample whose loss is ``36 lam`` below the threshold has a
   weight below ``exp(-36) = 2e-16`` of its empirical one: it does not move the objective,
@@ -755,9 +756,7 @@ def _newton_iterations(
         # as much as the certificate (K (K - 1) / 2 products with the rows, against one):
         # the sketch's steps, whose convergence is fast but not verified quadratic, go on
         # to the certificate
-        exact = (
-            final and K == 1 and previous is not None and previous[0] <= 1e2 * tol * scale
-        )
+        exact = final and K == 1 and previous is not None and previous[0] <= 1e2 * tol * scale
         model = _Model(*_system(prob, rows, exact=exact))
         decrement = model.decrement
         if decrement <= max(tol * scale, stage_tol):

@@ -101,6 +101,12 @@ def test_every_kernel_loss_matches_numpy_and_its_derivatives(code):
     loss, grad, hess = np.empty(n), np.empty((n, K)), np.empty((n, K))
     _kernels.pointwise_losses(code, f, y, eps, loss, grad, hess)
     np.testing.assert_allclose(loss, numpy_loss(code, f, y, eps), rtol=1e-12, atol=1e-12)
+    # the line searches' losses, at f + t * step
+    step, t = rng.normal(size=(n, K)), 0.3
+    along = np.empty(n)
+    _kernels.step_losses(code, f, step, t, y, eps, along)
+    expected = numpy_loss(code, f + t * step, y, eps)
+    np.testing.assert_allclose(along, expected, rtol=1e-12, atol=1e-12)
     h = 1e-6
     for k in range(K):
         e = np.zeros(K)
