@@ -43,21 +43,6 @@ def log1p(x):
 
 
 @njit(**_NJIT)
-def softplus(x):
-    """``log(1 + exp(x))`` without overflow for any finite ``x``."""
-    return max(x, 0.0) + log1p(math.exp(-abs(x)))
-
-
-@njit(**_NJIT)
-def sigmoid(x):
-    """``1 / (1 + exp(-x))`` without overflow for any finite ``x``."""
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-@njit(**_NJIT)
 def offset(rho):
     """``1 + (1 - rho)/rho * log(1 - rho) = sum_k rho^k / (k (k+1))``, accurate for tiny rho."""
     if rho < 0.1:

@@ -129,6 +129,16 @@ def test_every_kernel_loss_matches_numpy_and_its_derivatives(code):
         np.testing.assert_allclose(hess[smooth, 0], fd[smooth], rtol=1e-5, atol=1e-6)
 
 
+def test_the_kernels_log1p_is_accurate_to_a_few_ulps():
+    x = np.concatenate([
+        np.logspace(-300, 300, 20_001), -np.logspace(-300, -1e-12, 20_001),
+        np.random.default_rng(0).uniform(-1.0, 5.0, 20_001),
+    ])  # fmt: skip
+    x = x[x > -1.0]
+    got = np.array([_kernels.log1p(v) for v in x])
+    np.testing.assert_allclose(got, np.log1p(x), rtol=4 * np.finfo(float).eps, atol=0)
+
+
 def test_an_unknown_loss_code_raises():
     f = np.zeros((3, 1))
     with pytest.raises(ValueError, match="unknown loss code"):
