@@ -167,29 +167,31 @@ class _Rows:
         relaxation_terms(self.centred[rows], 0.0, self.eta1, prob.lam, prob.rho, c, k)
         return Z, prob.weights(rows), c, k, dl, ddl, rows
 
-    def _trial(self, pred, step, t, w):
+    def _trial(self, pred, step, t, w, guess):
         """The value and the solved threshold ``(value, eta0, centred, eta1)`` at the
         predictions ``pred + t * step`` and coefficients ``w`` (one loss evaluation and
-        eta solve over the rows)."""
+        eta solve over the rows, started at ``guess``)."""
         prob = self.prob
         losses = np.empty(prob.n_samples)
         step_losses(prob.loss, pred, step, t, prob.y, prob.eps, losses)
         with np.errstate(over="ignore", invalid="ignore"):  # a long trial may overflow
-            eta0, centred, eta1 = centred_eta(losses, prob.p, prob.lam, prob.rho, self.eta, True)
+            eta0, centred, eta1 = centred_eta(losses, prob.p, prob.lam, prob.rho, guess, True)
             value = self._value(centred, eta0, eta1, w)
         return value, eta0, centred, eta1
 
-    def try_step(self, dw, db):
-        """The value at ``(w + dw, b + db)`` with eta solved again, and the trial's state
-        for :meth:`adopt`: one pass over the rows for the new predictions."""
+    def try_step(self, dw, db, deta=0.0):
+        """The value at ``(w + dw, b + db)`` with eta solved again (from its value moved
+        by ``deta``, the quadratic model's), and the trial's state for :meth:`adopt`: one
+        pass over the rows for the new predictions."""
         w, b = self.w + dw, self.b + db
         F = self.prob.predictions(w, b)
-        value, eta0, centred, eta1 = self._trial(F, F, 0.0, w)
+        value, eta0, centred, eta1 = self._trial(F, F, 0.0, w, self.eta + deta)
         return value, (w, b, eta0, centred, eta1, F)
 
-    def line_search(self, dw, db, slope):
+    def line_search(self, dw, db, slope, deta=0.0):
         """The best point found along the step ``(dw, db)`` (``slope``, negative, the
-        objective's derivative along it at 0): the full step if it lowers the objective
+        objective's derivative along it at 0; ``deta`` the quadratic model's move of eta
+        along it, where each point's eta solve starts): the full step if it lowers the objective
         enough (Armijo), else the first step shortened by safeguarded quadratic
         interpolation (Nocedal and Wright, section 3.5) that does, and one more
         interpolation towards the minimum along the line (the objective is convex along
@@ -203,7 +205,8 @@ class _Rows:
 
         def at(t):
             if t not in values:
-                value, eta0, centred, eta1 = self._trial(self.F, dF, t, self.w + t * dw)
+                guess = self.eta + t * deta
+                value, eta0, centred, eta1 = self._trial(self.F, dF, t, self.w + t * dw, guess)
                 values[t] = value if np.isfinite(value) else np.inf
                 if values[t] < best[0]:  # the arrays of the best point only
                     best[:] = [values[t], t, eta0, centred, eta1]
@@ -565,6 +568,7 @@ class _Model:
         h_eta = M[D, D]
         if h_eta > 0:
             H = H - np.outer(h, h) / h_eta
+        self.h_ratio = h / h_eta if h_eta > 0 else np.zeros_like(h)
         self.H, self.g = H, _project(g[index], self.flat)
         self.index, self.D = index, D
         self.newton, self.eigen = _inverse_times(H, self.g, self.flat)
@@ -588,6 +592,12 @@ class _Model:
     def slope(self, s):
         """The model's (and the objective's) derivative along the step ``s`` at 0."""
         return float(self.g @ s[self.index])
+
+    def eta_move(self, s):
+        """How far the joint quadratic model moves eta along the step ``s`` (eta's row of
+        the Newton system with the coefficients' step fixed): where the line search's and
+        the trial's eta solves start, a few passes fewer than from the current eta."""
+        return -float(self.h_ratio @ s[self.index])
 
     def _constrained(self, radius):
         """The trust-region step by the Newton iteration on ``1 / ||s(mu)|| = 1 /
@@ -737,7 +747,7 @@ def _newton_iterations(
         # leaves a suboptimality of about the square of the current one: take it
         step, _, predicted, newton = model.step(np.inf)
         if newton and predicted > 0 and counter[0] < max_iter:
-            value, state = rows.try_step(*to_model(step))
+            value, state = rows.try_step(*to_model(step), model.eta_move(step))
             w_new, b_new, eta0, _, eta1, _ = state
             safe = screen is None or screen.safe(
                 prob.to_standard(w_new, b_new), eta0 + eta1, prob.lam
@@ -784,7 +794,7 @@ def _newton_iterations(
         if counter[0] < max_iter and model.decrement > 0:
             step, length, predicted, newton = model.step(radius[0])
             slope = model.slope(step)
-            found = rows.line_search(*to_model(step), slope)
+            found = rows.line_search(*to_model(step), slope, model.eta_move(step))
             if found is None:  # the trust region starts inside the failed line's reach
                 radius[0] = min(radius[0], _SHORTEST_STEP * length)
         if found is not None:
@@ -804,7 +814,7 @@ def _newton_iterations(
             if counter[0] >= max_iter:
                 return False, decrement / scale, f"reached max_iter={max_iter}"
             step, length, predicted, newton = model.step(radius[0])
-            value, state = rows.try_step(*to_model(step))
+            value, state = rows.try_step(*to_model(step), model.eta_move(step))
             actual = rows.value - value if np.isfinite(value) else -np.inf
             counter[0] += 1
             ratio = actual / predicted if predicted > 0 else -np.inf
