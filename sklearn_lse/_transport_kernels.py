@@ -13,9 +13,9 @@ its gradient in ``f_i`` is ``a_i (1 - r_i)`` with the row mass ``r_i = sum_j b_j
 its curvature in ``f_i`` is ``a_i / eps`` times ``sum_j b_j s_ij (1 - rho s_ij) <= r_i``.
 
 The costs are computed on the fly from the points for the metric codes below (no n x m
-matrix), or read from a precomputed matrix (``PRECOMPUTED``). The overflow-free sigmoid is
-a copy of that of :mod:`sklearn_lse.risk` (and :func:`sigmoid_softplus` computes both from one
-exponential for :func:`evaluate` and :func:`support_state`): a
+matrix), or read from a precomputed matrix (``PRECOMPUTED``). The overflow-free sigmoid
+(and :func:`sigmoid_softplus`, both from one exponential, for :func:`evaluate` and
+:func:`support_state`) are written here, not imported from :mod:`sklearn_lse._kernels`: a
 cached kernel must only call jitted functions of its own file (Numba's cache does not
 notice edits to other files).
 """
