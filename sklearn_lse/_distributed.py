@@ -245,7 +245,7 @@ def _eta_parts(loss, p, eta, lam, rho, with_range=False, mass=True, terms=True):
         e = float(weights * e.sum()) if uniform else float(weights @ e)
         parts = np.array([m, total, e])
     elif math.isfinite(eta):
-        g, dg = _log_mass(loss, p, eta, lam, rho) if mass else (0.0, 0.0)
+        g, dg = _log_mass(loss, p, eta, lam, rho)[:2] if mass else (0.0, 0.0)
         value = relaxed_value(loss, p, eta, lam, rho) - eta if terms else np.nan
         parts = np.array([g, dg, value])
     else:

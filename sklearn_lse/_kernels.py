@@ -240,9 +240,10 @@ def relaxed_divergence(losses, p, eta, lam, rho):
 
 @njit(**_NJIT)
 def _log_mass(losses, p, eta, lam, rho):
-    """``g = log sum_i p_i c_i`` (zero at the optimal eta) and its derivative in eta,
-    ``-sum p k / sum p c``; recomputed in the log domain when the mass underflows (huge
-    losses, tiny lam, eta far above them).
+    """``g = log sum_i p_i c_i`` (zero at the optimal eta) and its first two derivatives in
+    eta, ``g' = -sum p k / sum p c`` and ``g'' = sum p k (1 - 2 rho c) / (lam sum p c) -
+    g'^2``; recomputed in the log domain when the mass underflows (huge losses, tiny lam,
+    eta far above them).
 
     The mass is summed with Neumaier's compensation: a plain sum of a million terms near
     1e-6 carries a rounding error near 1e-12, above the solve's tolerance on ``g``, which
@@ -250,6 +251,7 @@ def _log_mass(losses, p, eta, lam, rho):
     s = 0.0
     err = 0.0  # the compensation of s
     t = 0.0
+    u = 0.0  # sum p k (1 - 2 rho c)
     for i in range(losses.shape[0]):
         d = losses[i] - eta
         if weight(p, i) > 0.0 and d >= -_FAR * lam:
@@ -262,12 +264,15 @@ def _log_mass(losses, p, eta, lam, rho):
                 err += (x - total) + s
             s = total
             t += weight(p, i) * k
+            u += weight(p, i) * k * (1.0 - 2.0 * rho * c)
     s += err
     if s > 1e-250 and math.isfinite(s):
-        return math.log(s), -t / s
+        dg = -t / s
+        return math.log(s), dg, u / (lam * s) - dg * dg
     m = -np.inf
     s = 0.0
     t = 0.0  # sum of p c (1 - rho c) on the shift of s
+    u = 0.0  # and of p c (1 - rho c) (1 - 2 rho c)
     for i in range(losses.shape[0]):
         if weight(p, i) <= 0.0:
             continue
@@ -279,12 +284,15 @@ def _log_mass(losses, p, eta, lam, rho):
             scale = math.exp(m - a)
             s = s * scale + 1.0
             t = t * scale + one_minus
+            u = u * scale + one_minus * (1.0 - 2.0 * rho * c)
             m = a
         else:
             e = math.exp(a - m)
             s += e
             t += e * one_minus
-    return m + math.log(s), -t / (s * lam)
+            u += e * one_minus * (1.0 - 2.0 * rho * c)
+    dg = -t / (s * lam)
+    return m + math.log(s), dg, u / (s * lam * lam) - dg * dg
 
 
 @njit(**_NJIT)
@@ -305,7 +313,10 @@ def solve_eta(losses, p, lam, rho, guess=np.nan):
     1 at ``eta = min l - lam log((1 - rho) / (S - rho))`` (every ``c_i >= 1 / S``; this is
     ``min l`` for weights summing to 1; a subset of the samples has ``S < 1``). A Newton
     step that leaves the bracket is replaced by the Illinois (modified regula falsi) point
-    of the bracket, or by bisection when the bracket stops shrinking.
+    of the bracket, or by bisection when the bracket stops shrinking. Near the root, a
+    Newton step whose residual (``g'' (g / g')^2 / 2`` to leading order) is far below the
+    tolerance is taken without the pass that would confirm it: from a warm start, two
+    passes instead of three.
     """
     lo = np.inf
     hi = -np.inf
@@ -326,9 +337,18 @@ def solve_eta(losses, p, lam, rho, guess=np.nan):
     eta = guess if lo < guess < hi else 0.5 * (lo + hi)
     width = hi - lo
     for _ in range(200):
-        g, dg = _log_mass(losses, p, eta, lam, rho)
+        g, dg, ddg = _log_mass(losses, p, eta, lam, rho)
         if abs(g) <= 1e-14:
             break
+        if dg < 0.0 and abs(g) <= 1e-6:
+            # near the root: the Newton step's residual is ddg (g / dg)^2 / 2 to its
+            # leading order; where that is far below the tolerance (ddg varies on the
+            # scale of lam, far above the step), the step is taken without a pass to check it
+            step = g / dg
+            if abs(step) <= 1e-3 * lam and 5.0 * abs(ddg) * step * step <= 1e-15:
+                if lo < eta - step < hi:
+                    eta -= step
+                    break
         if g > 0.0:
             lo, g_lo = eta, g
             g_hi *= 0.5 if math.isfinite(g_hi) else 1.0  # Illinois: halve the stale end
