@@ -407,13 +407,13 @@ class DROLinearModel(BaseEstimator):
         # below 1e-20 of the losses' size, lam changes the optimum by less than rounding
         prob.lam = risk.smallest_lam(lam, 1e8 * prob.objective_floor())
         name = choose_solver(self.solver, prob)
-        w, b = self._initial_point(prob, scale)
+        w, b, curvature = self._initial_point(prob, scale)
         rng = check_random_state(self.random_state)
         n_iter = 0
         history, times = [], []  # along every fit of the rho ladder
         for rho in self._rho_ladder(name):
             prob = dataclasses.replace(prob, rho=rho)
-            result, prob = self._solve_form(name, prob, w, b, form, value, rng)
+            result, prob = self._solve_form(name, prob, w, b, form, value, rng, curvature)
             n_iter += result.n_iter
             start = 0 if not history else 1
             elapsed = times[-1] if times else 0.0
@@ -424,7 +424,7 @@ class DROLinearModel(BaseEstimator):
             diagnostics = _diagnostics(prob, snap, form, value)
             if diagnostics["relaxation_gap"] <= 10 * self.tol:
                 break
-            w, b = snap.w, snap.b  # warm start at the next rho
+            w, b, curvature = snap.w, snap.b, None  # warm start at the next rho
         if not result.converged:
             warn_not_converged(name, result, _ADVICE[name])
         if self.rho == "auto" and diagnostics["relaxation_gap"] > 10 * self.tol:
@@ -458,11 +458,14 @@ class DROLinearModel(BaseEstimator):
         )
         return attributes
 
-    def _solve_form(self, name, prob, w, b, form, value, rng):
+    def _solve_form(self, name, prob, w, b, form, value, rng, curvature=None):
         """The penalised fit at ``prob.lam``, or the ball's (``value`` the radius, lam
-        solved for); returns (result, the problem at the solution's lam)."""
+        solved for); returns (result, the problem at the solution's lam). ``curvature``:
+        the ERM objective's Hessian where (w, b) minimises it (see
+        :meth:`_initial_point`), for the solvers that use it."""
         if form == "penalty":
-            return self._run_solver(name, prob, w, b, rng), prob
+            extra = {"erm_curvature": curvature} if SOLVERS[name].erm_start else {}
+            return self._run_solver(name, prob, w, b, rng, **extra), prob
         iterations = [0]
         history = []  # the ball objective lam radius + R_lam along every inner fit
         times = []
@@ -614,11 +617,19 @@ class DROLinearModel(BaseEstimator):
         return 4 * prob.dim
 
     def _initial_point(self, prob, scale=1.0):
+        """The starting point (W, b) and, where it minimises the ERM objective (the
+        ``lam -> inf`` limit), that objective's Hessian there (else None)."""
         if self.warm_start and hasattr(self, "coef_"):
             w, b = self._model_point(prob)
             if w.shape[1] == prob.n_outputs:  # else the classes changed: start afresh
-                return w / scale, b / scale
-        return self._cold_start(prob)
+                return w / scale, b / scale, None
+        return self._erm_start(prob)
+
+    def _erm_start(self, prob):
+        """The cold start (W, b) and, where it minimises the ERM objective, that
+        objective's Hessian in the standardised coordinates (see
+        :func:`~sklearn_lse._problem.least_squares_start`), else None."""
+        return (*self._cold_start(prob), None)
 
     def _model_point(self, prob):
         """The fitted (W, b) as arrays of shapes (d, K) and (K,)."""

@@ -334,7 +334,10 @@ def solve_eta(losses, p, lam, rho, guess=np.nan):
     g_hi = -np.inf
     if not math.isfinite(guess):
         guess = _quantile_guess(losses, rho)
-    eta = guess if lo < guess < hi else 0.5 * (lo + hi)
+    # a guess beyond the bracket starts at its nearer end (a line search's trial point
+    # may move eta below the smallest loss), from where Newton's steps head for the root
+    # (the midpoint of a bracket as wide as the largest loss took a dozen bisections)
+    eta = min(max(guess, lo), hi)
     width = hi - lo
     for _ in range(200):
         g, dg, ddg = _log_mass(losses, p, eta, lam, rho)

@@ -857,12 +857,45 @@ def _newton_iterations(
             return None, decrement / scale, "a working set can be formed"
 
 
-def fit_newton(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_guess=np.nan):
+def _erm_ratio(prob, F, losses, mean_loss, curvature):
+    """The first stage's decrement over its tolerance ``_STAGE_TOL lam`` at a point that
+    minimises the ERM objective (``curvature`` its Hessian in the free standardised
+    coordinates), to leading order in ``1 / lam``, from one pass without exponentials:
+    there ``c_i - 1 = (1 - rho) (l_i - mean_loss) / lam`` and eta is the mean loss, so the
+    gradient is ``(1 - rho) v / lam`` with ``v = sum_i p_i (l_i - mean_loss) grad l_i`` and
+    the Hessian the ERM one (the eta terms vanish as ``1 / lam``)."""
+    d = prob.X.shape[1]
+    v = np.zeros(d + 1)
+    for rows in prob.chunks(_PASS_CHUNK_BYTES):
+        m = rows.stop - rows.start
+        dl, ddl, loss = np.empty((m, 1)), np.empty((m, 1)), np.empty(m)
+        pointwise_losses(prob.loss, F[rows], prob.y[rows], prob.eps, loss, dl, ddl)
+        a = prob.weights(rows) * (losses[rows] - mean_loss) * dl[:, 0]
+        if prob.raw_sums:  # mapped to the standardised coordinates below
+            v[:d] += np.asarray(chunk_of(prob.X, rows).T @ a).ravel()
+            v[d] += float(np.sum(a))
+        else:
+            v += prob.standardised(rows).T @ a
+    if prob.raw_sums:
+        v[:d] = prob.inv_scale * (v[:d] - prob.mean * v[d])
+    if not prob.fit_intercept:
+        v = v[:d]
+    x, _ = _inverse_times(curvature, v, np.empty((0, 1), dtype=np.intp))
+    decrement = 0.5 * (1.0 - prob.rho) ** 2 * float(v @ x) / prob.lam**2
+    return decrement / (_STAGE_TOL * prob.lam)
+
+
+def fit_newton(
+    prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_guess=np.nan, erm_curvature=None
+):
     """Newton's method with continuation in lam and working sets (see the module
     docstring). ``max_iter`` caps the Newton iterations over all stages; ``tol`` is the
     relative suboptimality that the certificate must reach; ``lam_start`` (with the
     threshold ``eta_guess`` there) starts the lam path at the temperature of a warm
-    start instead of the spread of the losses. Returns a
+    start instead of the spread of the losses; ``erm_curvature``, where (w, b) minimises
+    the ERM objective (the least-squares start), is that objective's Hessian there (see
+    :func:`~sklearn_lse._problem.least_squares_start`): the path's first stage is then
+    decided from it (:func:`_erm_ratio`) instead of by a stage of its own. Returns a
     :class:`~sklearn_lse._result.SolverResult`, whose history holds the objective of
     each stage's problem (its lam decreasing to ``prob.lam``).
 
@@ -880,8 +913,16 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_guess=
     # empirical distribution, whose threshold is about the mean loss
     lam = max(lam_target, float(np.max(supported) - np.min(supported)))
     guess = prob.weighted_sum(losses)
+    factor = _STAGE_FACTOR
     if lam_start is not None:  # a warm start, from the solution at lam_start
         lam, guess = max(lam_target, min(lam, lam_start)), eta_guess
+    elif erm_curvature is not None and prob.n_outputs == 1 and lam > lam_target:
+        # the start minimises the ERM objective: whether the first stage would take a
+        # step, and where the next one would be, follows from the losses' spread about
+        # their mean (a pass without exponentials, instead of that stage's passes)
+        ratio = _erm_ratio(prob.with_lam(lam), F, losses, guess, erm_curvature)
+        if ratio <= 1.0:
+            lam, factor = next_stage(lam, lam_target, factor, 0, ratio)
     rows = _Rows(prob.with_lam(lam), w, b, guess, F=F, losses=losses)
     if not math.isfinite(rows.value):
         raise ValueError("The objective is not finite at the starting point.")
@@ -895,7 +936,6 @@ def fit_newton(prob, w, b, *, max_iter, tol, verbose, lam_start=None, eta_guess=
     reach = 0.0
     working = None  # indices of the working set's rows, None for all of them
     screens = _Screens()
-    factor = _STAGE_FACTOR
 
     def form(stage, F, losses, w, b, eta, band, extra=None):
         """A working set of the rows within ``band`` lam of the threshold or that a step

@@ -323,18 +323,23 @@ def to_standard(prob, w, b):
     return np.vstack((w / prob.inv_scale[:, None], b_c)).ravel()
 
 
-def least_squares_start(prob):
+def least_squares_start(prob, curvature=False):
     """Weighted least squares with the model's L2 penalty: ``min mean (f - y)^2 + alpha/2
     |w|^2``, the ``lam -> inf`` limit of the objective with the squared error and a cheap
     starting point: one pass for the Gram matrix of the standardised rows (finite for any
     finite data), solved by an eigendecomposition that drops directions of rounding size
     (collinear or constant columns). Sparse data with many columns start from the best
-    constant."""
+    constant.
+
+    With ``curvature``, returns ``(w, b, H)``: ``H`` is the Hessian of that objective in
+    the free standardised coordinates ``(V, b_c)`` (``b_c`` only with an intercept), or
+    None for the best constant (which does not minimise it)."""
     X = prob.X
     d = X.shape[1]
     y_mean = prob.weighted_sum(prob.y) if prob.fit_intercept else 0.0
     if sp.issparse(X) and d > 1024:
-        return np.zeros((d, 1)), np.array([y_mean])
+        start = np.zeros((d, 1)), np.array([y_mean])
+        return (*start, None) if curvature else start
     gram = np.zeros((d + 1, d + 1))
     moment = np.zeros(d + 1)
     s, m = prob.inv_scale, prob.mean
@@ -366,4 +371,4 @@ def least_squares_start(prob):
     u = V[:, keep] @ ((V[:, keep].T @ moment) / ev[keep])
     if not prob.fit_intercept:
         u = np.append(u, 0.0)
-    return prob.to_model(u)
+    return (*prob.to_model(u), 2.0 * gram) if curvature else prob.to_model(u)

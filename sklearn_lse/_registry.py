@@ -66,10 +66,13 @@ class Solver:
     options: tuple = ()
     # whether it can start the lam path at a warm start's lam (``lam_start``)
     warm_lam: bool = False
+    # whether it takes the ERM objective's Hessian at a start that minimises it
+    # (``erm_curvature``)
+    erm_start: bool = False
 
 
 SOLVERS = {
-    "newton": Solver(fit_newton, exact=True, warm_lam=True),
+    "newton": Solver(fit_newton, exact=True, warm_lam=True, erm_start=True),
     "lbfgs": Solver(fit_lbfgs, exact=True),
     "sgd": Solver(
         fit_sgd, exact=False, options=("rng", "n_iter_no_change", "batch_size", "learning_rate")

@@ -242,6 +242,12 @@ class DRORegressor(RegressorMixin, DROLinearModel):
         # the ridge / least-squares fit (the lam -> inf limit) is one Gram pass away
         return least_squares_start(prob)
 
+    def _erm_start(self, prob):
+        # and it minimises the ERM objective only for the squared error
+        if prob.loss != loss_code("squared_error"):
+            return (*self._cold_start(prob), None)
+        return least_squares_start(prob, curvature=True)
+
     def predict(self, X):
         """Predict with the linear model.
 

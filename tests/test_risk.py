@@ -428,3 +428,30 @@ def test_weights_whose_sum_overflows_are_normalised():
 def test_rho_that_is_not_a_number_names_rho(rho):
     with pytest.raises(ValueError, match="rho"):
         kl_dro_risk([1.0, 2.0], 1.0, rho=rho)
+
+
+@pytest.mark.parametrize("rho", [1e-4, 1e-2, 0.3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_threshold_solve_from_any_guess(rho, weighted):
+    """The 1-D solve for the threshold reaches the optimum from guesses far outside its
+    bracket (below the smallest loss, above the largest: a line search's trial point can
+    move its guess there), far inside it and near the root: the mass condition
+    sum p c = 1 holds and the relaxed objective is the same to rounding (its minimiser in
+    eta is an interval where the cap binds on rho n samples exactly, as at rho = 1e-4
+    here); heavy-tailed losses at a lam far below their spread."""
+    from sklearn_lse._kernels import relaxation_terms, relaxed_value, solve_eta
+
+    rng = np.random.default_rng(5)
+    losses = rng.standard_t(2, size=20_000) ** 2
+    p = rng.random(losses.shape[0]) if weighted else np.ones(losses.shape[0])
+    p /= p.sum()
+    lam = 1e-4 * float(losses.max())
+    root = solve_eta(losses, p, lam, rho)
+    best = relaxed_value(losses, p, root, lam, rho)
+    for guess in (-1e3 * lam, losses.min() - 50 * lam, root - 100 * lam, root + 1e-9 * lam,
+                  root + 300 * lam, losses.max(), 2 * losses.max() + 1.0):  # fmt: skip
+        eta = solve_eta(losses, p, lam, rho, guess)
+        c, k = np.empty_like(losses), np.empty_like(losses)
+        relaxation_terms(losses, 0.0, eta, lam, rho, c, k)
+        assert float(p @ c) == pytest.approx(1.0, abs=1e-12)
+        assert relaxed_value(losses, p, eta, lam, rho) == pytest.approx(best, rel=1e-11)
