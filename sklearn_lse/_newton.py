@@ -9,7 +9,10 @@ piecewise linear (close to the CVaR of the largest losses):
   spread of its losses), lam is divided by 10 per stage (further after easy stages:
   :func:`next_stage`), each stage solved loosely from the previous one's solution, the
   last one to ``tol``. The stages' solutions lie on a
-  smooth path, and each stays within the region where Newton's steps are full.
+  smooth path, and each stays within the region where Newton's steps are full. At a
+  start that minimises the ERM objective (the least-squares start), the first stage's
+  decrement follows from that objective's Hessian to leading order in ``1 / lam``
+  (:func:`_erm_ratio`): that stage is decided without its passes.
 * **Working sets of rows.** A sample whose loss is ``36 lam`` below the threshold has a
   weight below ``exp(-36) = 2e-16`` of its empirical one: it does not move the objective,
   its gradient or its curvature at any tolerance. Each stage iterates on the rows above
