@@ -421,16 +421,10 @@ def _system(prob, rows, irls=False, exact=True):
             curvature_matrix(prob.loss, pc, c, k, dl, ddl, False, A)
             _add_gram(H, Zk, A / q[sample, None, None], prob.loss == MULTINOMIAL)
         Z = None  # the gradient's sums ran over the raw rows
-    s, mean = prob.inv_scale, prob.mean
     if Z is None and n > 0:  # from (x, 1) to (s (x - mean), 1)
-        G[:d] = s[:, None] * (G[:d] - mean[:, None] * G[d])
-        if not sketch:
-            Hx = H[:, 0, :, 0]
-            Hx[:d, :] -= np.outer(mean, Hx[d, :])
-            Hx[:, :d] -= np.outer(Hx[:, d], mean)
-            Hx[:d, :] *= s[:, None]
-            Hx[:, :d] *= s[None, :]
-            H[:, 0, :, 0] = Hx
+        prob.standard_sums(G)
+        if not sketch:  # (a view of H)
+            prob.standard_sums(prob.standard_sums(H[:, 0, :, 0]).T)
     g, h = G[:, :K], -G[:, K:]
     if prob.alpha > 0:
         g[:d] += prob.alpha * (rows.w * prob.inv_scale[:, None])
@@ -881,7 +875,7 @@ def _erm_ratio(prob, F, losses, mean_loss, curvature):
         else:
             v += prob.standardised(rows).T @ a
     if prob.raw_sums:
-        v[:d] = prob.inv_scale * (v[:d] - prob.mean * v[d])
+        prob.standard_sums(v)
     if not prob.fit_intercept:
         v = v[:d]
     x, _ = _inverse_times(curvature, v, np.empty((0, 1), dtype=np.intp))

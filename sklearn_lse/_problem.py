@@ -294,6 +294,16 @@ class Problem:
     def to_standard(self, w, b):
         return to_standard(self, w, b)
 
+    def standard_sums(self, G):
+        """Sums over the raw rows ``(x_i, 1)`` (along the first axis of ``G``, of length
+        ``d + 1``) mapped in place to the standardised rows ``(s * (x_i - mean), 1)``;
+        applied to a Gram matrix and to its transpose, the Gram matrix of the standardised
+        rows. Returns ``G``."""
+        d = self.mean.shape[0]
+        G[:d] -= np.multiply.outer(self.mean, G[d])
+        G[:d] *= self.inv_scale.reshape((d,) + (1,) * (G.ndim - 1))
+        return G
+
     def predictions(self, w, b):
         """``X W + b`` of shape (n, K), accumulated in float64 (one new array)."""
         F = matmul(self.X, w)
@@ -342,7 +352,6 @@ def least_squares_start(prob, curvature=False):
         return (*start, None) if curvature else start
     gram = np.zeros((d + 1, d + 1))
     moment = np.zeros(d + 1)
-    s, m = prob.inv_scale, prob.mean
     raw = prob.raw_sums  # else over standardised copies of the chunks
     uniform = prob.p.shape[0] == 1
     for rows in prob.chunks():
@@ -358,11 +367,8 @@ def least_squares_start(prob, curvature=False):
         gram[:d, :d] *= prob.p[0]
     gram[d, :d] = gram[:d, d]
     if raw:
-        gram[:d, :] -= np.outer(m, gram[d, :])
-        gram[:, :d] -= np.outer(gram[:, d], m)
-        gram[:d, :] *= s[:, None]
-        gram[:, :d] *= s[None, :]
-        moment[:d] = s * (moment[:d] - m * moment[d])
+        prob.standard_sums(prob.standard_sums(gram).T)
+        prob.standard_sums(moment)
     gram[:d, :d] += np.diag(0.5 * prob.penalty_curvature)
     if not prob.fit_intercept:
         gram, moment = gram[:d, :d], moment[:d]
