@@ -253,3 +253,41 @@ def test_first_stage_decrement_from_the_least_squares_hessian(fit_intercept, wei
         model = _Model(*_system(prob, _Rows(prob, w, b, mean), exact=True))
         predicted = _erm_ratio(prob, F, losses, mean, H) * _STAGE_TOL * prob.lam
         assert predicted == pytest.approx(model.decrement, rel=2e-2)
+
+
+def test_small_models_take_the_steps_of_the_cholesky_factorisations(monkeypatch):
+    """A Newton model of few coordinates solves its steps from one eigendecomposition,
+    a larger one by Cholesky factorisations; both give the same Newton step, decrement
+    and trust-region steps, also where a direction has rounding-size curvature and the
+    gradient a component along it (the objective is nearly linear there: its long step
+    and large decrement must not be truncated away, or a fit near a kink takes a small
+    decrement for convergence)."""
+    from sklearn_lse import _newton
+
+    rng = np.random.default_rng(5)
+    D = 12
+    V, _ = np.linalg.qr(rng.normal(size=(D, D)))
+    ev = np.logspace(0, -6, D)
+    ev[-1] = 1e-14  # below the relative rounding of the factorisations
+    M = np.empty((D + 1, D + 1))
+    M[:D, :D] = (V * ev) @ V.T
+    M[:D, D] = M[D, :D] = 0.0  # (the eta row's Schur complement would blur ev[-1])
+    M[D, D] = 1.0
+    g = V @ rng.normal(size=D)
+    free, flat = np.ones(D + 1, dtype=bool), np.empty((0, 1), dtype=np.intp)
+    small = _newton._Model(g, M, free, flat)
+    monkeypatch.setattr(_newton, "_EIGEN_SIZE", 0)
+    large = _newton._Model(g, M, free, flat)
+    assert small.eigen is not None and large.eigen is None
+    # (to the rounding of a condition number of 1e12)
+    assert small.decrement == pytest.approx(large.decrement, rel=1e-3)
+    assert small.decrement > 1e9  # the nearly flat direction's
+    np.testing.assert_allclose(small.newton, large.newton, rtol=1e-3)
+    for share in (0.5, 1e-3, 1e-9):
+        radius = share * large.newton_length
+        s_small, length_small, predicted_small, _ = small.step(radius)
+        s_large, length_large, predicted_large, _ = large.step(radius)
+        assert length_small == pytest.approx(radius, rel=1e-3)
+        assert length_large == pytest.approx(radius, rel=1e-3)
+        assert predicted_small == pytest.approx(predicted_large, rel=1e-2)
+        np.testing.assert_allclose(s_small, s_large, atol=5e-3 * radius)
