@@ -430,10 +430,9 @@ def _system(prob, rows, irls=False, exact=True):
         if not sketch:  # (a view of H)
             prob.standard_sums(prob.standard_sums(H[:, 0, :, 0]).T)
     g, h = G[:, :K], -G[:, K:]
-    if prob.alpha > 0:
-        g[:d] += prob.alpha * (rows.w * prob.inv_scale[:, None])
     H = H.reshape(D, D)
-    if prob.alpha > 0:  # the penalty's curvature, on the coefficients' diagonal
+    if prob.alpha > 0:  # the penalty's gradient, and its curvature on H's diagonal
+        g[:d] += prob.alpha * (rows.w * prob.inv_scale[:, None])
         H.flat[: d * K * (D + 1) : D + 1] += np.repeat(prob.penalty_curvature, K)
     g = g.ravel()
     free = np.ones(D, dtype=bool)
@@ -514,35 +513,46 @@ def _add_gram(H, Z, A, zero_sums=False):
                     H[:, b, :, b] -= block
 
 
-def _eigen(H):
+def _rounding_shift(H):
+    """The rounding-size curvature ``_RELATIVE_CURVATURE`` times H's largest diagonal
+    entry (that of its largest eigenvalue's scale), by which the factorisations shift
+    ``H``."""
+    return _RELATIVE_CURVATURE * float(np.max(np.diag(H))) if H.size else 0.0
+
+
+def _eigen(H, shifted=False):
     """The eigendecomposition of ``H`` without the directions of rounding-size curvature
     (collinear columns, the softmax's shift of all classes' intercepts): a step along them
-    would only amplify rounding."""
+    would only amplify rounding. With ``shifted``, for a matrix whose shifted Cholesky
+    factorisation succeeds, the decomposition of ``H`` shifted as :func:`_cholesky`
+    shifts it instead, not truncated: a gradient along a direction of rounding-size
+    curvature then gives the long step, and the large decrement, that the factorisation
+    gives, where the objective is nearly linear (without the directions that stay
+    non-positive)."""
     ev, V = np.linalg.eigh(H)
-    keep = ev > _RELATIVE_CURVATURE * max(float(ev.max()), 1e-300)
+    if shifted:
+        ev = ev + max(_rounding_shift(H), 0.0)
+        keep = ev > 0
+    else:
+        keep = ev > _RELATIVE_CURVATURE * max(float(ev.max()), 1e-300)
     return ev[keep], V[:, keep]
 
 
-def _shifted_eigen(H):
-    """The eigendecomposition of ``H`` shifted as :func:`_cholesky` shifts it (not
-    truncated as by :func:`_eigen`: a gradient along a direction of rounding-size
-    curvature then gives the long step, and the large decrement, that it calls for, where
-    the objective is nearly linear), without the directions that stay non-positive."""
-    ev, V = np.linalg.eigh(H)
-    top = float(np.max(np.diag(H))) if H.size else 0.0
-    ev = ev + _RELATIVE_CURVATURE * max(top, 0.0)
-    keep = ev > 0
-    return ev[keep], V[:, keep]
+def _eigen_solve(eigen, g, flat):
+    """``H^+ g`` from the decomposition ``eigen = (ev, V)`` of :func:`_eigen`, orthogonal
+    to the flat shifts."""
+    ev, V = eigen
+    return _project(V @ ((V.T @ g) / ev), flat)
 
 
 def _cholesky(H, mu=0.0):
     """The Cholesky factor of ``H + mu I``, ``H`` shifted by its rounding-size curvature
     (which moves solutions only along the directions :func:`_eigen` drops, where the
     objective is flat to rounding), or None where even so it is not positive definite."""
-    top = float(np.max(np.diag(H))) if H.size else 0.0
-    if not (top > 0 and np.isfinite(top)):
+    shift = _rounding_shift(H)
+    if not (shift > 0 and np.isfinite(shift)):
         return None
-    shifted = H + (mu + _RELATIVE_CURVATURE * top) * np.eye(H.shape[0])
+    shifted = H + (mu + shift) * np.eye(H.shape[0])
     try:
         return scipy.linalg.cho_factor(shifted, lower=True, check_finite=False)
     except np.linalg.LinAlgError:
@@ -556,8 +566,8 @@ def _inverse_times(H, g, flat):
     factor = _cholesky(H)
     if factor is not None:
         return _project(scipy.linalg.cho_solve(factor, g, check_finite=False), flat), None
-    ev, V = _eigen(H)
-    return _project(V @ ((V.T @ g) / ev), flat), (ev, V)
+    eigen = _eigen(H)
+    return _eigen_solve(eigen, g, flat), eigen
 
 
 def _solve(M, rhs, free, flat):
@@ -592,9 +602,8 @@ class _Model:
         self.H, self.g = H, _project(g[index], self.flat)
         self.index, self.D = index, D
         if index.shape[0] <= _EIGEN_SIZE:  # one decomposition serves every step's solve
-            self.eigen = _shifted_eigen(H)
-            ev, V = self.eigen
-            self.newton = _project(V @ ((V.T @ self.g) / ev), self.flat)
+            self.eigen = _eigen(H, shifted=True)
+            self.newton = _eigen_solve(self.eigen, self.g, self.flat)
         else:
             self.newton, self.eigen = _inverse_times(H, self.g, self.flat)
         self.decrement = 0.5 * float(self.g @ self.newton)
